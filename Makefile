@@ -1,0 +1,32 @@
+# The two commands of the README: `make book` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+DEVICE ?= auto
+# a CPU build of torch by default; `make book TORCH=torch` takes your platform's default build
+TORCH ?= torch==2.13.0
+
+.PHONY: env book test lint clean-book
+
+$(VENV)/.capq-env: pyproject.toml
+	@echo "[make] creating the environment in $(VENV) (once)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+env: $(VENV)/.capq-env
+
+book: env
+	$(BIN)/capq build --profile $(PROFILE) --device $(DEVICE)
+
+test: env
+	$(BIN)/python -m pytest
+
+lint: env
+	$(BIN)/ruff check capq_lib tests benchmarks
+
+clean-book:
+	rm -rf _build

@@ -1,0 +1,92 @@
+"""The ``capq`` command: build the book (batch rerun) and print cached results."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+
+from . import __version__, profiles
+from .devices import DEVICE_CHOICES
+from .results import ResultsCache
+from .validate import ConfigError
+
+#: experiment names ``capq results`` knows, and what each record is
+EXPERIMENTS = {
+    "fcdnn-capacity": "capacity of one FCDNN architecture (one record per model and profile)",
+    "memorization-trial": "one trained net: config, accuracy p and I",
+    "mi-check": "Eq. (1) against the plug-in estimate, one record per N and p",
+}
+
+
+def result_rows(name: str, profile: str | None = None) -> list[dict]:
+    """The cached records of experiment ``name``, flattened, optionally of one profile."""
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"NAME must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
+    rows = []
+    for record in ResultsCache().records(name):
+        row = {**record["result"], "provenance": record["provenance"]}
+        if profile is None or row.get("profile") == profile:
+            rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1, default=str)
+    flat = [{**{k: v for k, v in r.items() if k != "provenance"},
+             **{f"provenance.{k}": v for k, v in r.get("provenance", {}).items()}} for r in rows]
+    fields = list(dict.fromkeys(k for r in flat for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="capq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"capq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="execute every chapter with papermill and build the book")
+    b.add_argument("--profile", default="quick",
+                   help=f"one of {', '.join(profiles.available())} or a path to a .yaml file")
+    b.add_argument("--device", default="auto",
+                   help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (auto takes a GPU if present)")
+    b.add_argument("--only", action="append", metavar="CHAPTER",
+                   help="execute only this chapter (repeatable); others keep their last output")
+    b.add_argument("--output", default=None, help="where _build/ goes (default: the project)")
+    b.add_argument("--execute-only", action="store_true", help="run notebooks, skip the HTML")
+
+    r = sub.add_parser("results", help="print the cached records of an experiment")
+    r.add_argument("name", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}")
+    r.add_argument("--profile", default=None, help="only records made under this profile")
+    r.add_argument("--format", choices=("json", "csv"), default="json")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            from .runner import build
+
+            report = build(args.profile, args.device, args.only, args.output, args.execute_only)
+            for run in report.notebooks:
+                print(f"  {run.chapter:24s} {run.status:8s} {run.seconds:8.1f} s  {run.error}")
+            if report.failed:
+                print(f"capq build: notebook(s) failed: {', '.join(report.failed)} "
+                      f"(their pages show the error)", file=sys.stderr)
+                return 1
+            if not args.execute_only:
+                print(f"The book is at {report.html_index}")
+            return 0
+        print(format_rows(result_rows(args.name, args.profile), args.format), end="\n")
+        return 0
+    except ConfigError as err:
+        print(f"capq: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

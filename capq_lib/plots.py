@@ -1,0 +1,168 @@
+"""Plotly figure builders for every figure of the book, and the renderer the book needs.
+
+Figures are emitted as a MIME bundle holding both plotly's own JSON (JupyterLab renders it)
+and an HTML snippet without plotly.js (the built book loads one local copy of plotly.js on
+every page), so pages stay small and make no network requests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.io._base_renderers import MimetypeRenderer
+
+from . import reference
+from .info import mutual_information
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+PAPER = dict(color="#555", symbol="x", size=9)
+
+
+class BookRenderer(MimetypeRenderer):
+    """plotly JSON for live Jupyter plus a plotly.js-free HTML div for the static book."""
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        html = pio.to_html(fig_dict, include_plotlyjs=False, full_html=False,
+                           config={"displaylogo": False, "responsive": True})
+        return {"application/vnd.plotly.v1+json": {"data": fig_dict.get("data", []),
+                                                   "layout": fig_dict.get("layout", {}),
+                                                   "config": {"displaylogo": False}},
+                "text/html": html}
+
+
+pio.renderers["capq"] = BookRenderer()
+pio.renderers.default = "capq"
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=kw.pop("height", 430),
+                      margin=dict(l=60, r=20, t=60, b=50), hovermode="closest",
+                      legend=dict(orientation="h", y=-0.2), **kw)
+    return fig
+
+
+# --- Mutual information chapter ------------------------------------------------------------
+
+def mi_per_sample(p_grid: np.ndarray | None = None) -> go.Figure:
+    """I/N = 1 - H2(p) against accuracy p, with the two anchor points of Sec. 3.1."""
+    p = np.linspace(0.0, 1.0, 401) if p_grid is None else np.asarray(p_grid)
+    fig = go.Figure(go.Scatter(x=p, y=mutual_information(1, p), mode="lines", name="I / N",
+                               line=dict(color=PALETTE[0], width=3),
+                               hovertemplate="p = %{x:.3f}<br>I/N = %{y:.4f} bits<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0.5, 1.0], y=[0.0, 1.0], mode="markers+text", name="anchors",
+                             text=["p = 0.5: nothing stored", "p = 1: N bits"],
+                             textposition=["top center", "bottom left"],
+                             marker=dict(size=10, color=PALETTE[1])))
+    return _layout(fig, "Bits stored per sample, I/N, against training accuracy p",
+                   xaxis_title="training accuracy p", yaxis_title="I / N (bits per sample)")
+
+
+def mi_check(sim: pd.DataFrame) -> go.Figure:
+    """Eq. (1) against the plug-in estimate, one slider step per N (precomputed frames)."""
+    ns = sorted(sim["n_samples"].unique())
+    p = np.linspace(0.0, 1.0, 201)
+    fig = go.Figure()
+    for i, n in enumerate(ns):
+        d = sim[sim.n_samples == n]
+        fig.add_trace(go.Scatter(x=d["p"], y=d["empirical_mean"] / n, mode="markers",
+                                 name=f"plug-in estimate, N = {n}", visible=i == 0,
+                                 error_y=dict(type="data", array=d["empirical_std"] / n),
+                                 marker=dict(color=PALETTE[1], size=8)))
+    fig.add_trace(go.Scatter(x=p, y=mutual_information(1, p), mode="lines", name="Eq. (1)",
+                             line=dict(color=PALETTE[0])))
+    steps = [dict(method="update", label=str(n),
+                  args=[{"visible": [j == i for j in range(len(ns))] + [True]}])
+             for i, n in enumerate(ns)]
+    fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="N = "),
+                                    pad=dict(t=50))])
+    return _layout(fig, "Eq. (1) against an empirical estimate from simulated predictions",
+                   xaxis_title="accuracy p", yaxis_title="I / N (bits per sample)", height=500)
+
+
+# --- FCDNN capacity chapter ----------------------------------------------------------------
+
+def accuracy_vs_n(curve: pd.DataFrame, by: str, fixed: dict, title: str) -> go.Figure:
+    """Fig. 1: best training accuracy against N, one line per value of ``by``."""
+    d = curve
+    for k, v in fixed.items():
+        d = d[d[k] == v]
+    fig = go.Figure()
+    for i, (val, g) in enumerate(d.groupby(by)):
+        g = g.sort_values("n_samples")
+        fig.add_trace(go.Scatter(
+            x=g["n_samples"], y=g["accuracy"], mode="lines+markers", name=f"{by} {val}",
+            line=dict(color=PALETTE[i % len(PALETTE)]), customdata=g[["params", "mutual_info"]],
+            hovertemplate=("N = %{x}<br>p = %{y:.4f}<br>params = %{customdata[0]}"
+                           "<br>I = %{customdata[1]:.0f} bits<extra></extra>")))
+    return _layout(fig, title, xaxis=dict(type="log", title="number of samples N"),
+                   yaxis=dict(title="training accuracy p", range=[0.45, 1.02]))
+
+
+def regions(curve: pd.DataFrame, near: float = 0.9) -> dict[str, tuple[float, float]]:
+    """Split N into over-parameterized / maximum / under-parameterized (Fig. 2a).
+
+    The maximum region holds the N whose I is within ``near`` of the capacity; smaller N
+    are over-parameterized, larger N under-parameterized.
+    """
+    c = curve.sort_values("n_samples")
+    top = c[c["mutual_info"] >= near * c["mutual_info"].max()]["n_samples"]
+    lo, hi = float(top.min()), float(top.max())
+    return {"over-parameterized": (float(c.n_samples.min()), lo), "maximum": (lo, hi),
+            "under-parameterized": (hi, float(c.n_samples.max()))}
+
+
+def capacity_regions(curve: pd.DataFrame, model: str) -> go.Figure:
+    """Fig. 2a: accuracy and I against N for one net, with the three regions shaded."""
+    c = curve[curve.model == model].sort_values("n_samples")
+    fig = go.Figure()
+    shade = {"over-parameterized": "#2ca02c", "maximum": "#ff7f0e",
+             "under-parameterized": "#d62728"}
+    for name, (lo, hi) in regions(c).items():
+        if hi > lo:
+            fig.add_vrect(x0=lo, x1=hi, fillcolor=shade[name], opacity=0.12, line_width=0,
+                          annotation_text=name, annotation_position="top left")
+    fig.add_trace(go.Scatter(x=c["n_samples"], y=c["mutual_info"], name="I (bits)",
+                             mode="lines+markers", line=dict(color=PALETTE[0])))
+    fig.add_trace(go.Scatter(x=c["n_samples"], y=c["accuracy"], name="accuracy p",
+                             mode="lines+markers", yaxis="y2",
+                             line=dict(color=PALETTE[1], dash="dot")))
+    return _layout(fig, f"Mutual information and accuracy against N, FCDNN {model}",
+                   xaxis=dict(type="log", title="number of samples N"),
+                   yaxis=dict(title="I (bits)", rangemode="tozero"),
+                   yaxis2=dict(title="accuracy p", overlaying="y", side="right",
+                               range=[0.45, 1.02]))
+
+
+def capacity_vs_params(summary: pd.DataFrame) -> go.Figure:
+    """Fig. 2b: capacity against parameter count (log-log), ours beside the paper's."""
+    fig = go.Figure()
+    lo, hi = reference.value("fcdnn.bits_per_param_range")
+    mean = reference.value("fcdnn.bits_per_param_mean")
+    cnn = reference.paper()["cnn"]["table1"]["models"]
+    rnn = reference.value("rnn.model")
+    xs = np.array([*summary["params"], *[m["params"] for m in cnn.values()], rnn["params"]])
+    grid = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 50)
+    fig.add_trace(go.Scatter(x=np.r_[grid, grid[::-1]], y=np.r_[lo * grid, hi * grid[::-1]],
+                             fill="toself", fillcolor="rgba(31,119,180,0.12)", line_width=0,
+                             name=f"paper, FCDNN range {lo}-{hi} bits/param", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=grid, y=mean * grid, mode="lines", name=f"{mean} bits/param",
+                             line=dict(color="#1f77b4", dash="dash")))
+    fig.add_trace(go.Scatter(
+        x=summary["params"], y=summary["capacity_bits"], mode="markers", name="ours, FCDNN",
+        text=summary["model"], marker=dict(color=PALETTE[1], size=10),
+        customdata=summary["bits_per_param"],
+        hovertemplate="%{text}: %{x} params<br>C = %{y:.0f} bits"
+                      "<br>%{customdata:.2f} bits/param<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=[m["params"] for m in cnn.values()], y=[m["capacity_bits"] for m in cnn.values()],
+        mode="markers", name="paper, CNN (Table 1)", text=[f"CNN {k}" for k in cnn],
+        marker=PAPER, hovertemplate="%{text}: %{x} params<br>C = %{y:.0f} bits<extra></extra>"))
+    rnn_c = reference.value("rnn.bits_per_param") * rnn["params"]
+    fig.add_trace(go.Scatter(x=[rnn["params"]], y=[rnn_c], mode="markers",
+                             name="paper, LSTM (Sec. 4.3)",
+                             marker=dict(color="#555", symbol="diamond", size=9)))
+    return _layout(fig, "Capacity against number of parameters",
+                   xaxis=dict(type="log", title="parameters"),
+                   yaxis=dict(type="log", title="capacity C (bits)"))

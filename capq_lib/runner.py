@@ -1,0 +1,195 @@
+"""The batch runner: execute every chapter with papermill into a staging copy, then build.
+
+Sources in book/ stay output-free: papermill writes executed copies into
+``<output>/_build/stage`` (same relative paths as the table of contents), the assets the
+pages need offline (plotly.js, MathJax) are copied beside them, and Jupyter Book renders
+the stage into ``<output>/_build/html`` without executing anything itself. A failing
+notebook keeps its error in the page, the others still run, and the build reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import profiles
+from .devices import resolve_device
+from .validate import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: files and folders of the book that are copied to the stage as they are
+BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+VENDOR = "_vendor"
+
+
+@dataclass
+class NotebookRun:
+    chapter: str
+    status: str  # "ok" | "failed" | "skipped"
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class BuildReport:
+    profile: str
+    device: str
+    html_index: str
+    notebooks: list[NotebookRun] = field(default_factory=list)
+    book_seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[str]:
+        return [n.chapter for n in self.notebooks if n.status == "failed"]
+
+
+def toc_notebooks(root: Path = PROJECT_ROOT) -> list[Path]:
+    """Notebooks of the table of contents, root first, as paths relative to ``root``."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries: list) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+            for part in entry.get("chapters", []) if "chapters" in entry else []:
+                files.append(part["file"])
+
+    walk(toc.get("chapters", []))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return [Path(f).with_suffix(".ipynb") for f in files if (root / f).with_suffix(".ipynb")
+            .is_file()]
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    """Names defined in the notebook's cell tagged ``parameters``."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def execution_order(notebooks: list[Path]) -> list[Path]:
+    """Chapters in toc order, the root page last: it summarizes the others' results."""
+    return notebooks[1:] + notebooks[:1]
+
+
+def vendor_assets(dest: Path) -> None:
+    """Copy plotly.js (from the plotly package) and MathJax (jupyter-server-mathjax) to dest."""
+    import jupyter_server_mathjax
+    import plotly
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", dest)
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    mj = dest / "mathjax"
+    if not (mj / "MathJax.js").is_file():
+        for part in ("MathJax.js", "config", "extensions", "jax/input", "jax/element",
+                     "jax/output/HTML-CSS", "fonts"):
+            s, d = src / part, mj / part
+            if s.is_dir():
+                shutil.copytree(s, d, dirs_exist_ok=True)
+            else:
+                d.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(s, d)
+
+
+def stage_sources(stage: Path) -> None:
+    """Mirror the book's sources into the stage (executed notebooks are overwritten later)."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        src, dst = PROJECT_ROOT / name, stage / name
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+        else:
+            shutil.copy2(src, dst)
+    for nb in (PROJECT_ROOT / "book").rglob("*.ipynb"):
+        target = stage / nb.relative_to(PROJECT_ROOT)
+        if not target.exists():  # a chapter not executed in this run keeps its last output
+            shutil.copy2(nb, target)
+    url = os.environ.get("CAPQ_REPOSITORY_URL")
+    if url:
+        config = yaml.safe_load((stage / "_config.yml").read_text())
+        config.setdefault("repository", {})["url"] = url
+        config.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True)
+        (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    vendor_assets(stage / VENDOR)
+
+
+def execute(src: Path, dst: Path, parameters: dict, timeout_s: int) -> None:
+    """Run one notebook headlessly; its text progress bars stream to this terminal."""
+    import papermill
+
+    env_before = os.environ.get("CAPQ_BATCH")
+    os.environ["CAPQ_BATCH"] = "1"
+    try:
+        papermill.execute_notebook(
+            str(src), str(dst), parameters=parameters, kernel_name="python3",
+            execution_timeout=timeout_s, start_timeout=120, progress_bar=False,
+            stderr_file=sys.stderr, cwd=str(dst.parent))
+    finally:
+        if env_before is None:
+            os.environ.pop("CAPQ_BATCH", None)
+        else:
+            os.environ["CAPQ_BATCH"] = env_before
+
+
+def build(profile: str = "quick", device: str = "auto", only: list[str] | None = None,
+          output: Path | str | None = None, execute_only: bool = False) -> BuildReport:
+    """Execute the chapters of ``profile`` and build the HTML book into ``output``/_build."""
+    prof = profiles.load(profile)
+    resolve_device(device)  # fail now, not inside every notebook
+    out = Path(output) if output is not None else PROJECT_ROOT
+    stage = out / "_build" / "stage"
+    notebooks = toc_notebooks()
+    chapters = {nb.stem: nb for nb in notebooks}
+    profiles.check_against(prof, {c: notebook_parameters(PROJECT_ROOT / nb)
+                                  for c, nb in chapters.items()})
+    for c, nb in chapters.items():
+        missing = set(profiles.COMMON_PARAMETERS) - notebook_parameters(PROJECT_ROOT / nb)
+        if missing:
+            raise ConfigError(f"notebook {nb} lacks parameter(s) {sorted(missing)} in its "
+                              f"cell tagged 'parameters'")
+    if only:
+        unknown = [c for c in only if c not in chapters]
+        if unknown:
+            raise ConfigError(f"only must name chapters of the book ({', '.join(chapters)}); "
+                              f"got {', '.join(unknown)}")
+    stage_sources(stage)
+    report = BuildReport(prof.name, device, str(out / "_build" / "html" / "index.html"))
+    for nb in execution_order(notebooks):
+        chapter = nb.stem
+        if only and chapter not in only:
+            report.notebooks.append(NotebookRun(chapter, "skipped", 0.0))
+            continue
+        print(f"[capq] executing {nb} (profile {prof.name}, device {device})", flush=True)
+        start = time.perf_counter()
+        try:
+            execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s)
+            run = NotebookRun(chapter, "ok", time.perf_counter() - start)
+        except Exception as err:  # the notebook keeps its traceback; go on with the others
+            run = NotebookRun(chapter, "failed", time.perf_counter() - start,
+                              f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+        print(f"[capq] {chapter}: {run.status} in {run.seconds:.1f} s", flush=True)
+        report.notebooks.append(run)
+    if not execute_only:
+        start = time.perf_counter()
+        jb = Path(sys.executable).parent / "jupyter-book"
+        cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage),
+               "--path-output", str(out), "--builder", "html"]
+        print(f"[capq] building the HTML book: {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+        report.book_seconds = time.perf_counter() - start
+    (out / "_build").mkdir(parents=True, exist_ok=True)
+    (out / "_build" / "build-report.json").write_text(json.dumps(asdict(report), indent=1))
+    return report

@@ -1,0 +1,114 @@
+"""Training for memorization: SGD with momentum, a learning-rate schedule, stop when memorized.
+
+The data live on the device as two tensors and batches are index slices of a shuffled
+permutation, so one step costs a few kernel launches and no host round trip; the host
+reads the accuracy only every ``eval_every`` epochs to decide whether to stop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from . import validate
+from .datasets import MemorizationSet
+from .progress import bar as progress_bar
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one net is trained. ``step`` multiplies lr by decay_factor at 50 % and 75 % of epochs."""
+
+    epochs: int = 2000
+    lr: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    decay_factor: float = 0.1
+    batches_per_epoch: int = 8
+    eval_every: int = 25
+
+    def __post_init__(self) -> None:
+        validate.integer("epochs", self.epochs, lo=1)
+        validate.number("lr", self.lr, lo=0.0, hi=10.0, lo_open=True)
+        validate.number("momentum", self.momentum, lo=0.0, hi=0.999)
+        validate.choice("schedule", self.schedule, SCHEDULES)
+        validate.number("decay_factor", self.decay_factor, lo=0.0, hi=1.0, lo_open=True)
+        validate.integer("batches_per_epoch", self.batches_per_epoch, lo=1)
+        validate.integer("eval_every", self.eval_every, lo=1)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The schedule's learning rate at ``step`` of ``total_steps``."""
+    if config.schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * step / total_steps))
+    if config.schedule == "step":
+        frac = step / total_steps
+        return config.lr * config.decay_factor ** ((frac >= 0.5) + (frac >= 0.75))
+    return config.lr
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a memorization run ends with: p of Eq. (1) is ``accuracy``."""
+
+    accuracy: float
+    loss: float
+    epochs_run: int
+    wall_time_s: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: MemorizationSet, chunk: int = 65536) -> tuple[float, float]:
+    """Mean accuracy and cross-entropy on the whole set, in chunks to bound memory."""
+    model.eval()
+    correct, loss = 0.0, 0.0
+    for i in range(0, data.n_samples, chunk):
+        logits = model(data.x[i:i + chunk])
+        y = data.y[i:i + chunk]
+        correct += (logits.argmax(1) == y).sum().item()
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+    model.train()
+    return correct / data.n_samples, loss / data.n_samples
+
+
+def memorize(model: nn.Module, data: MemorizationSet, config: TrainConfig, seed: int = 0,
+             progress: bool = False) -> TrainOutcome:
+    """Train ``model`` on ``data`` until every sample is memorized or the epochs run out."""
+    device = next(model.parameters()).device
+    data = data.to(device)
+    n = data.n_samples
+    batch = math.ceil(n / config.batches_per_epoch)
+    steps_per_epoch = math.ceil(n / batch)
+    total = config.epochs * steps_per_epoch
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    shuffle = torch.Generator(device=device).manual_seed(seed)
+    start, step, epoch = time.perf_counter(), 0, 0
+    bar = progress_bar(total=config.epochs, desc="epochs", leave=False, disable=not progress)
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        perm = torch.randperm(n, generator=shuffle, device=device)
+        for i in range(0, n, batch):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(config, step, total)
+            idx = perm[i:i + batch]
+            loss = nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        bar.update(1)
+        if epoch % config.eval_every == 0 and epoch < config.epochs:
+            if evaluate(model, data)[0] == 1.0:
+                break
+    bar.close()
+    accuracy, final_loss = evaluate(model, data)
+    return TrainOutcome(accuracy, final_loss, epoch, time.perf_counter() - start)
