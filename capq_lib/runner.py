@@ -122,6 +122,8 @@ def stage_sources(stage: Path) -> None:
         config = yaml.safe_load((stage / "_config.yml").read_text())
         config.setdefault("repository", {})["url"] = url
         config.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True)
+        config.setdefault("launch_buttons", {}).update(
+            binderhub_url="https://mybinder.org", colab_url="https://colab.research.google.com")
         (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     vendor_assets(stage / VENDOR)
 

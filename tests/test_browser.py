@@ -1,0 +1,95 @@
+"""The built pages in a real headless browser: figures and equations render, nothing leaves."""
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REQUIRED = os.environ.get("CAPQ_REQUIRE_BROWSER") == "1"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(smoke_book):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(smoke_book / "_build" / "html"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if REQUIRED:
+            pytest.fail(f"chromium not found at {CHROMIUM}")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def visit(browser, url):
+    """Open ``url``; return the page and every URL it asked for (outside ones are blocked)."""
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+
+    def guard(route):
+        host = urlparse(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost") or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            route.abort()
+
+    page.route("**/*", guard)
+    page.goto(url, wait_until="networkidle")
+    return page, requests
+
+
+def outside(requests):
+    return [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+            and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+
+
+def test_fcdnn_page_renders_its_figures_and_stays_on_the_machine(browser, site):
+    page, requests = visit(browser, f"{site}/book/fcdnn-capacity.html")
+    page.wait_for_selector(".plotly-graph-div .main-svg", timeout=20000)
+    rendered = page.eval_on_selector_all(
+        ".plotly-graph-div", "els => els.filter(e => e.querySelector('svg.main-svg')).length")
+    assert rendered >= 4
+    assert page.locator(".plotly-graph-div .scatterlayer .trace").count() >= 4
+    assert outside(requests) == []
+    page.close()
+
+
+@pytest.mark.parametrize("path", ["book/intro.html", "book/mutual-information.html"])
+def test_other_pages_make_no_outside_requests(browser, site, path):
+    page, requests = visit(browser, f"{site}/{path}")
+    assert outside(requests) == []
+    assert any(u.endswith("plotly.min.js") or "plotly.min.js?" in u for u in requests)
+    page.close()
+
+
+def test_equations_render_offline(browser, site):
+    page, requests = visit(browser, f"{site}/book/mutual-information.html")
+    page.wait_for_selector(".MathJax_Display, .MathJax", timeout=30000)
+    assert page.locator(".MathJax_Display").count() >= 3
+    assert any("/_static/mathjax/" in u for u in requests)
+    assert outside(requests) == []
+    page.close()

@@ -1,0 +1,42 @@
+import csv
+import io
+import json
+
+from capq_lib.capacity import FCDNNCapacityStudy, fcdnn_capacity
+
+from .conftest import run_capq
+
+
+def test_results_json_lists_one_record_per_architecture(cache):
+    study = FCDNNCapacityStudy(widths=[10, 12], depths=[1], n_per_param=[0.5, 1.0],
+                               lrs=[0.3], epochs=10, profile="unit")
+    fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
+    proc = run_capq("results", "fcdnn-capacity", "--format", "json", "--profile", "unit",
+                    results=cache.root)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert sorted(r["model"] for r in records) == ["1x10", "1x12"]
+    for r in records:
+        for field in ("width", "depth", "params", "capacity_bits", "bits_per_param",
+                      "n_at_max", "p_at_max"):
+            assert field in r
+        assert r["bits_per_param"] == r["capacity_bits"] / r["params"]
+        assert r["provenance"]["device"].startswith("cpu")
+    other = run_capq("results", "fcdnn-capacity", "--profile", "quick", results=cache.root)
+    assert json.loads(other.stdout) == []
+    rows = list(csv.DictReader(io.StringIO(run_capq(
+        "results", "fcdnn-capacity", "--format", "csv", results=cache.root).stdout)))
+    assert len(rows) == 2 and "provenance.git_commit" in rows[0]
+
+
+def test_unknown_experiment_names_the_parameter(cache):
+    proc = run_capq("results", "cnn-capacityy", results=cache.root)
+    assert proc.returncode == 2
+    assert "NAME must be one of fcdnn-capacity" in proc.stderr
+
+
+def test_unknown_profile_on_the_command_line(cache, tmp_path):
+    proc = run_capq("build", "--profile", "enormous", "--output", str(tmp_path),
+                    results=cache.root)
+    assert proc.returncode == 2
+    assert "profile must be one of" in proc.stderr

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from capq_lib import profiles
+from capq_lib.devices import resolve_device
+from capq_lib.runner import build, notebook_parameters, toc_notebooks
+from capq_lib.validate import ConfigError
+
+from .conftest import ROOT
+
+
+def test_shipped_profiles_load_and_match_the_notebooks():
+    params = {nb.stem: notebook_parameters(ROOT / nb) for nb in toc_notebooks()}
+    assert set(profiles.available()) >= {"smoke", "quick", "paper"}
+    for name in profiles.available():
+        prof = profiles.load(name)
+        profiles.check_against(prof, params)
+        assert set(prof.chapters) <= set(params)
+
+
+def test_quick_profile_has_at_least_five_fcdnn_architectures():
+    fc = profiles.load("quick").chapters["fcdnn-capacity"]
+    archs = {(w, d) for w in fc["widths"] for d in fc["depths"]} - {tuple(s) for s in fc["skip"]}
+    assert len(archs) >= 5
+
+
+def test_every_notebook_has_profile_and_device_parameters():
+    for nb in toc_notebooks():
+        assert {"profile", "device"} <= notebook_parameters(ROOT / nb), nb
+
+
+def test_unknown_profile_names_the_parameter():
+    with pytest.raises(ConfigError, match=r"^profile must be one of .*quick.*; got 'huge'"):
+        profiles.load("huge")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("chapters: [1, 2\n", "not valid YAML"),
+    ("- a list\n", "must be a mapping"),
+    ("timeout_s: -3\n", "timeout_s must be an integer >= 1"),
+    ("colour: red\n", r"unknown key\(s\) \['colour'\]"),
+    ("chapters:\n  fcdnn-capacity: 7\n", "chapters.fcdnn-capacity must be a mapping"),
+    ("chapters:\n  fcdnn-capacity:\n    device: cuda\n", "set by the runner"),
+])
+def test_malformed_profile_file_is_refused(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        profiles.load(str(path))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("chapters:\n  nonexistent: {}\n", "chapter 'nonexistent' is not in the book"),
+    ("chapters:\n  fcdnn-capacity:\n    widht: [3]\n", r"unknown parameter\(s\) \['widht'\]"),
+])
+def test_profile_names_checked_against_notebooks_before_running(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        build(str(path), "cpu", output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing staged, nothing executed
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device='cuda' was asked for.*'auto' or 'cpu'"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match=r"^device must be one of"):
+        resolve_device("tpu")
+
+
+def test_build_refuses_cuda_without_gpu_before_running(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        build("smoke", "cuda", output=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_only_must_name_a_chapter(tmp_path):
+    with pytest.raises(ConfigError, match=r"^only must name chapters of the book"):
+        build("smoke", "cpu", only=["chapter-9"], output=tmp_path)
