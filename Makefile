@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 DEVICE ?= auto
-# a CPU build of torch by default; `make book TORCH=torch` takes your platform's default build
+# a CPU build of torch here; elsewhere e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+# or TORCH=torch (your platform's default, CUDA on Linux)
 TORCH ?= torch==2.13.0
 
 .PHONY: env book test lint clean-book
@@ -13,7 +14,7 @@ $(VENV)/.capq-env: pyproject.toml
 	@echo "[make] creating the environment in $(VENV) (once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
-from . import progress as progress_bars
 
+from . import progress as progress_bars
 from . import validate
 from .datasets import check_size, memorization_set
 from .devices import describe, resolve_device
@@ -90,17 +90,17 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """Per model: capacity C = max_N I, the N and p there, and bits per parameter."""
     curve = capacity_curve(trials)
     at_max = curve.loc[curve.groupby("model")["mutual_info"].idxmax()]
+    swept = {m: sorted(g.n_samples.tolist()) for m, g in curve.groupby("model")}
     out = pd.DataFrame({
         "model": at_max["model"], "width": at_max["width"], "depth": at_max["depth"],
         "params": at_max["params"], "capacity_bits": at_max["mutual_info"],
         "bits_per_param": bits_per_parameter(at_max["mutual_info"], at_max["params"]),
         "n_at_max": at_max["n_samples"], "p_at_max": at_max["accuracy"],
         "lr_at_max": at_max["lr"],
-        "n_swept": [sorted(curve.loc[curve.model == m, "n_samples"].tolist())
-                    for m in at_max["model"]],
-        "interior_max": [bool(n not in (min(ns), max(ns))) for n, ns in zip(
-            at_max["n_samples"],
-            [curve.loc[curve.model == m, "n_samples"].tolist() for m in at_max["model"]])],
+        "n_swept": [swept[m] for m in at_max["model"]],
+        # a maximum at either end of the N grid means the grid missed the true peak
+        "interior_max": [swept[m][0] < n < swept[m][-1]
+                         for m, n in zip(at_max["model"], at_max["n_samples"], strict=True)],
     })
     return out.sort_values(["depth", "width"]).reset_index(drop=True)
 

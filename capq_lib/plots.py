@@ -77,8 +77,11 @@ def mi_check(sim: pd.DataFrame) -> go.Figure:
              for i, n in enumerate(ns)]
     fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="N = "),
                                     pad=dict(t=50))])
-    return _layout(fig, "Eq. (1) against an empirical estimate from simulated predictions",
-                   xaxis_title="accuracy p", yaxis_title="I / N (bits per sample)", height=500)
+    fig = _layout(fig, "Eq. (1) against an empirical estimate from simulated predictions",
+                  xaxis_title="accuracy p", yaxis_title="I / N (bits per sample)", height=520)
+    fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0),
+                      margin=dict(t=90))
+    return fig
 
 
 # --- FCDNN capacity chapter ----------------------------------------------------------------
@@ -121,8 +124,11 @@ def capacity_regions(curve: pd.DataFrame, model: str) -> go.Figure:
              "under-parameterized": "#d62728"}
     for name, (lo, hi) in regions(c).items():
         if hi > lo:
-            fig.add_vrect(x0=lo, x1=hi, fillcolor=shade[name], opacity=0.12, line_width=0,
-                          annotation_text=name, annotation_position="top left")
+            fig.add_vrect(x0=lo, x1=hi, fillcolor=shade[name], opacity=0.12, line_width=0)
+            fig.add_annotation(x=np.log10(np.sqrt(lo * hi)), yref="paper",
+                               y=1.07 if name == "maximum" else 1.0,
+                               yanchor="bottom", text=name, showarrow=False,
+                               font=dict(size=11, color=shade[name]))
     fig.add_trace(go.Scatter(x=c["n_samples"], y=c["mutual_info"], name="I (bits)",
                              mode="lines+markers", line=dict(color=PALETTE[0])))
     fig.add_trace(go.Scatter(x=c["n_samples"], y=c["accuracy"], name="accuracy p",

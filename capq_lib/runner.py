@@ -125,7 +125,6 @@ def stage_sources(stage: Path) -> None:
         config.setdefault("launch_buttons", {}).update(
             binderhub_url="https://mybinder.org", colab_url="https://colab.research.google.com")
         (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    vendor_assets(stage / VENDOR)
 
 
 def execute(src: Path, dst: Path, parameters: dict, timeout_s: int) -> None:
@@ -146,6 +145,24 @@ def execute(src: Path, dst: Path, parameters: dict, timeout_s: int) -> None:
             os.environ["CAPQ_BATCH"] = env_before
 
 
+def tidy_parameters(path: Path, profile: profiles.Profile) -> None:
+    """In the executed copy, hide the defaults cell and label the injected one.
+
+    Readers of the page then see the parameters the page was computed with, once.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+        elif "injected-parameters" in tags:
+            cell.source = cell.source.replace(
+                "# Parameters", f"# Parameters of this page (profile {profile.name!r})", 1)
+    nbformat.write(nb, path)
+
+
 def build(profile: str = "quick", device: str = "auto", only: list[str] | None = None,
           output: Path | str | None = None, execute_only: bool = False) -> BuildReport:
     """Execute the chapters of ``profile`` and build the HTML book into ``output``/_build."""
@@ -157,7 +174,7 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
     chapters = {nb.stem: nb for nb in notebooks}
     profiles.check_against(prof, {c: notebook_parameters(PROJECT_ROOT / nb)
                                   for c, nb in chapters.items()})
-    for c, nb in chapters.items():
+    for nb in chapters.values():
         missing = set(profiles.COMMON_PARAMETERS) - notebook_parameters(PROJECT_ROOT / nb)
         if missing:
             raise ConfigError(f"notebook {nb} lacks parameter(s) {sorted(missing)} in its "
@@ -178,14 +195,18 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
         start = time.perf_counter()
         try:
             execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s)
+            tidy_parameters(stage / nb, prof)
             run = NotebookRun(chapter, "ok", time.perf_counter() - start)
         except Exception as err:  # the notebook keeps its traceback; go on with the others
             run = NotebookRun(chapter, "failed", time.perf_counter() - start,
                               f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+            if (stage / nb).is_file():
+                tidy_parameters(stage / nb, prof)
         print(f"[capq] {chapter}: {run.status} in {run.seconds:.1f} s", flush=True)
         report.notebooks.append(run)
     if not execute_only:
         start = time.perf_counter()
+        vendor_assets(stage / VENDOR)
         jb = Path(sys.executable).parent / "jupyter-book"
         cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage),
                "--path-output", str(out), "--builder", "html"]

@@ -87,13 +87,25 @@ def fcdnn_rows(summary: pd.DataFrame) -> list[dict]:
 
 
 def fcdnn_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Bits per parameter per architecture, beside the paper's range and mean."""
+    """Bits per parameter per architecture, and whether it lies in the paper's range."""
     lo, hi = reference.value("fcdnn.bits_per_param_range")
     t = summary[["model", "params", "n_at_max", "p_at_max", "capacity_bits",
                  "bits_per_param"]].copy()
-    t["paper (Fig. 2b)"] = f"{lo}-{hi}, mean {reference.value('fcdnn.bits_per_param_mean')}"
-    t["within paper's range"] = (t.bits_per_param >= lo) & (t.bits_per_param <= hi)
-    return t.round({"p_at_max": 4, "capacity_bits": 0, "bits_per_param": 2})
+    t["in paper's range"] = np.where((t.bits_per_param >= lo) & (t.bits_per_param <= hi),
+                                     "yes", "no")
+    return t
+
+
+def fcdnn_styled(summary: pd.DataFrame):
+    """``fcdnn_table`` formatted for the page, the paper's values in the caption."""
+    lo, hi = reference.value("fcdnn.bits_per_param_range")
+    mean = reference.value("fcdnn.bits_per_param_mean")
+    where = reference.source("fcdnn.bits_per_param_range")
+    return (fcdnn_table(summary).style.hide(axis="index")
+            .format({"p_at_max": "{:.4f}", "capacity_bits": "{:,.0f}",
+                     "bits_per_param": "{:.2f}", "params": "{:,}", "n_at_max": "{:,}"})
+            .set_caption(f"Capacity per architecture. Paper ({where}): {lo}-{hi} bits per "
+                         f"parameter, mean {mean}."))
 
 
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:

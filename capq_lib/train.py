@@ -106,9 +106,9 @@ def memorize(model: nn.Module, data: MemorizationSet, config: TrainConfig, seed:
             opt.step()
             step += 1
         bar.update(1)
-        if epoch % config.eval_every == 0 and epoch < config.epochs:
-            if evaluate(model, data)[0] == 1.0:
-                break
+        if (epoch % config.eval_every == 0 and epoch < config.epochs
+                and evaluate(model, data)[0] == 1.0):
+            break
     bar.close()
     accuracy, final_loss = evaluate(model, data)
     return TrainOutcome(accuracy, final_loss, epoch, time.perf_counter() - start)
