@@ -18,9 +18,9 @@ import torch
 print("torch", torch.__version__, "| device", torch.cuda.get_device_name(0))
 PY
 python3 -m capq_lib.cli build --profile "${PROFILE:-quick}" --device cuda --execute-only \
-  --output "$out/book" 2>"$out/stderr.log"
+  --output "${BOOK_OUT:-/tmp/capq-gpu-book}" 2>"$out/stderr.log"
 status=$?
-cp "$out/book/_build/build-report.json" "$out/build-report.json" 2>/dev/null
+cp "${BOOK_OUT:-/tmp/capq-gpu-book}/_build/build-report.json" "$out/build-report.json" 2>/dev/null
 python3 -m capq_lib.cli results fcdnn-capacity --profile "${PROFILE:-quick}" --format csv \
   > "$out/fcdnn-capacity.csv"
 python3 - "$out/fcdnn-capacity.csv" <<'PY'
