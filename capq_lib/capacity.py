@@ -9,7 +9,7 @@ different hyper parameters").
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
@@ -21,6 +21,7 @@ from .devices import describe, resolve_device
 from .info import bits_per_parameter, mutual_information
 from .models import FCDNNSpec, build_fcdnn
 from .results import ResultsCache
+from .search import FCDNNCapacityStudy, run_worker, study_trials
 from .train import TrainConfig, memorize
 
 TRIAL_KIND = "memorization-trial"
@@ -105,72 +106,27 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["depth", "width"]).reset_index(drop=True)
 
 
-@dataclass(frozen=True)
-class FCDNNCapacityStudy:
-    """An FCDNN capacity sweep: architectures x N grid (multiples of params) x lr x seeds."""
-
-    widths: tuple[int, ...] = (16, 32, 64)
-    depths: tuple[int, ...] = (1, 2)
-    n_per_param: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
-    lrs: tuple[float, ...] = (0.1, 0.3)
-    epochs: int = 1500
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    decay_factor: float = 0.1
-    batches_per_epoch: int = 8
-    seeds: int = 1
-    skip: tuple[tuple[int, int], ...] = field(default=())
-    profile: str = "custom"
-
-    def __post_init__(self) -> None:
-        for name in ("widths", "depths", "n_per_param", "lrs"):
-            object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))
-        for w in self.widths:
-            validate.integer("widths", w, lo=1, hi=65536)
-        for d in self.depths:
-            validate.integer("depths", d, lo=1, hi=64)
-        for r in self.n_per_param:
-            validate.number("n_per_param", r, lo=0.0, hi=1000.0, lo_open=True)
-        validate.integer("seeds", self.seeds, lo=1, hi=100)
-        object.__setattr__(self, "skip", tuple(tuple(s) for s in self.skip))
-        self.trials()  # every (N, width) pair must be possible: fail before any training
-
-    def specs(self) -> list[FCDNNSpec]:
-        return [FCDNNSpec(w, d) for d in self.depths for w in self.widths
-                if (w, d) not in self.skip]
-
-    def n_grid(self, spec: FCDNNSpec) -> list[int]:
-        return sorted({max(1, int(round(r * spec.n_params, -1) or 1)) for r in self.n_per_param})
-
-    def trials(self) -> list[MemorizationTrial]:
-        out = []
-        for spec in self.specs():
-            for n in self.n_grid(spec):
-                for lr in self.lrs:
-                    train = TrainConfig(epochs=self.epochs, lr=lr, momentum=self.momentum,
-                                        schedule=self.schedule, decay_factor=self.decay_factor,
-                                        batches_per_epoch=self.batches_per_epoch)
-                    for seed in range(self.seeds):
-                        out.append(MemorizationTrial(spec, n, train, seed, seed))
-        return out
-
-
 @dataclass
 class CapacityResult:
+    """Every trial, the accuracy-against-N curve of the grid stages, one row per model."""
+
     trials: pd.DataFrame
     curve: pd.DataFrame
     summary: pd.DataFrame
 
 
-def fcdnn_capacity(study: FCDNNCapacityStudy, device: str = "auto",
+def fcdnn_capacity(study: FCDNNCapacityStudy, device: str = "auto", storage: str | None = None,
                    cache: ResultsCache | None = None, progress: bool = True) -> CapacityResult:
-    """Run the study (cached per trial) and record one capacity summary per architecture."""
+    """Run the three-stage search to its budget (resuming what the storage holds), then
+    record one capacity summary per architecture in the results cache."""
     cache = cache or ResultsCache()
-    trials = run_trials(study.trials(), device, cache, progress, desc=FCDNN_KIND)
+    run_worker(study, device, storage, progress)
+    trials = study_trials(study, storage)
     summary = capacity_summary(trials)
-    dev = describe(resolve_device(device))
     for row in summary.to_dict("records"):
-        wall = float(trials.loc[trials.model == row["model"], "train_wall_s"].sum())
+        mine = trials[trials.model == row["model"]]
+        devices = sorted(set(mine.device))
         config = {"study": asdict(study), "model": row["model"]}
-        cache.put(FCDNN_KIND, config, {**row, "profile": study.profile}, dev, wall)
-    return CapacityResult(trials, capacity_curve(trials), summary)
+        cache.put(FCDNN_KIND, config, {**row, "profile": study.profile, "trials": len(mine)},
+                  ", ".join(devices), float(mine.train_wall_s.sum()))
+    return CapacityResult(trials, capacity_curve(trials[trials.stage < 3]), summary)

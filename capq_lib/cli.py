@@ -46,6 +46,28 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     return buf.getvalue()
 
 
+def sweep(args: argparse.Namespace) -> int:
+    """One worker: claims trials K at a time until every architecture's budget is met."""
+    from .search import EXPERIMENTS as SEARCHABLE
+    from .search import FCDNNCapacityStudy, run_worker
+
+    if args.experiment not in SEARCHABLE:
+        raise ConfigError(f"EXPERIMENT must be one of {', '.join(SEARCHABLE)}; "
+                          f"got {args.experiment!r}")
+    params = profiles.load(args.profile).chapters.get(args.experiment, {})
+    params = {k: v for k, v in params.items() if not k.startswith("fig")}
+    if args.trials is not None:
+        params["stage3_trials"] = args.trials
+    if args.population is not None:
+        params["population"] = args.population
+    study = FCDNNCapacityStudy.from_parameters(**params, profile=profiles.load(args.profile).name)
+    report = run_worker(study, args.device, args.storage)
+    print(f"capq sweep: {report.trials_run} trials run by this worker in "
+          f"{report.wall_time_s:.1f} s; every budget of {args.experiment} "
+          f"(profile {study.profile}) is met")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="capq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capq {__version__}")
@@ -60,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="execute only this chapter (repeatable); others keep their last output")
     b.add_argument("--output", default=None, help="where _build/ goes (default: the project)")
     b.add_argument("--execute-only", action="store_true", help="run notebooks, skip the HTML")
+
+    w = sub.add_parser("sweep", help="start a worker on an experiment's capacity search")
+    w.add_argument("experiment", metavar="EXPERIMENT", help="one of: fcdnn-capacity")
+    w.add_argument("--profile", default="quick", help="whose parameters to search with")
+    w.add_argument("--storage", default=None,
+                   help="SQLAlchemy URL or journal:///path shared by all workers "
+                        "(default: $CAPQ_STORAGE, else a journal file in data/optuna)")
+    w.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    w.add_argument("--trials", type=int, default=None,
+                   help="stage-3 trial budget per architecture (default: the profile's)")
+    w.add_argument("--population", type=int, default=None,
+                   help="K, trials trained together as one population (default: profile's)")
 
     r = sub.add_parser("results", help="print the cached records of an experiment")
     r.add_argument("name", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}")
@@ -81,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.execute_only:
                 print(f"The book is at {report.html_index}")
             return 0
+        if args.command == "sweep":
+            return sweep(args)
         print(format_rows(result_rows(args.name, args.profile), args.format), end="\n")
         return 0
     except ConfigError as err:

@@ -172,3 +172,26 @@ def capacity_vs_params(summary: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Capacity against number of parameters",
                    xaxis=dict(type="log", title="parameters"),
                    yaxis=dict(type="log", title="capacity C (bits)"))
+
+
+def search_ranges(trials: pd.DataFrame) -> go.Figure:
+    """Every trial's stored bits per parameter against its learning rate, the paper's lr
+    range shaded: shows which part of the search space the capacity came from."""
+    lo, hi = reference.value("fcdnn.lr_range")
+    fig = go.Figure()
+    fig.add_vrect(x0=lo, x1=hi, fillcolor="#1f77b4", opacity=0.1, line_width=0)
+    fig.add_annotation(x=np.log10(np.sqrt(lo * hi)), y=1.0, yref="paper", yanchor="bottom",
+                       text="paper's lr range", showarrow=False, font=dict(color="#1f77b4"))
+    symbols = {1: "circle", 2: "square", 3: "diamond"}
+    for i, (model, g) in enumerate(trials.groupby("model", sort=False)):
+        fig.add_trace(go.Scatter(
+            x=g["lr"], y=g["mutual_info"] / g["params"], mode="markers", name=model,
+            marker=dict(color=PALETTE[i % len(PALETTE)], size=7, opacity=0.75,
+                        symbol=[symbols.get(int(s), "circle") for s in g["stage"]]),
+            customdata=np.c_[g["stage"], g["n_samples"], g["momentum"], g["accuracy"]],
+            hovertemplate=("stage %{customdata[0]}: lr %{x:.4f}, momentum %{customdata[2]:.2f}"
+                           "<br>N = %{customdata[1]}, p = %{customdata[3]:.4f}"
+                           "<br>%{y:.2f} bits/param<extra>" + model + "</extra>")))
+    return _layout(fig, "Where the capacity was found: bits per parameter of every trial",
+                   xaxis=dict(type="log", title="initial learning rate"),
+                   yaxis=dict(title="I / parameters (bits)", rangemode="tozero"))

@@ -108,6 +108,23 @@ def fcdnn_styled(summary: pd.DataFrame):
                          f"parameter, mean {mean}."))
 
 
+def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the recipe of the trial at the capacity, and whether the paper's search
+    ranges (lr 0.001-0.05, momentum 0.6-0.99) contain it."""
+    lr_lo, lr_hi = reference.value("fcdnn.lr_range")
+    m_lo, m_hi = reference.value("fcdnn.momentum_range")
+    best = trials.loc[trials.groupby("model")["mutual_info"].idxmax()].set_index("model")
+    out = summary[["model"]].copy()
+    out["stage"] = [int(best.loc[m, "stage"]) for m in out.model]
+    out["lr"] = [best.loc[m, "lr"] for m in out.model]
+    out["momentum"] = [best.loc[m, "momentum"] for m in out.model]
+    out["N"] = [int(best.loc[m, "n_samples"]) for m in out.model]
+    out["lr in paper's range"] = np.where((out.lr >= lr_lo) & (out.lr <= lr_hi), "yes", "no")
+    out["momentum in paper's range"] = np.where(
+        (out.momentum >= m_lo) & (out.momentum <= m_hi), "yes", "no")
+    return out
+
+
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()

@@ -46,6 +46,41 @@ class TrainConfig:
         return asdict(self)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for 0 <= x < 2^32 in int64, without overflowing int64."""
+    lo = (x * (c & 0xFFFF)) & _MASK32
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (lowbias32); the same bits on every device."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def epoch_order(seeds: torch.Tensor, epoch: int, n_samples: torch.Tensor,
+                n_max: int) -> torch.Tensor:
+    """Per member, a random permutation of its samples for ``epoch``: shape (K, n_max).
+
+    A counter-based hash of (seed, epoch, index), sorted, so a population draws all its
+    members' orders in one kernel, and a net trained alone draws exactly the order it would
+    get as a member. Positions beyond a member's n_samples sort last.
+    """
+    idx = torch.arange(n_max, device=seeds.device, dtype=torch.int64)
+    stream = _hash32(_hash32(seeds.to(torch.int64)[:, None] * 0x9E3779B1 + epoch))
+    keys = _hash32(stream ^ _hash32(idx[None, :] + 0x632BE5AB))
+    keys = torch.where(idx[None, :] < n_samples[:, None], keys, (1 << 32) + idx[None, :])
+    return torch.argsort(keys, dim=1, stable=True)
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The schedule's learning rate at ``step`` of ``total_steps``."""
     if config.schedule == "cosine":
@@ -90,12 +125,13 @@ def memorize(model: nn.Module, data: MemorizationSet, config: TrainConfig, seed:
     steps_per_epoch = math.ceil(n / batch)
     total = config.epochs * steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    shuffle = torch.Generator(device=device).manual_seed(seed)
+    seeds = torch.tensor([seed], device=device)
+    sizes = torch.tensor([n], device=device)
     start, step, epoch = time.perf_counter(), 0, 0
     bar = progress_bar(total=config.epochs, desc="epochs", leave=False, disable=not progress)
     model.train()
     for epoch in range(1, config.epochs + 1):
-        perm = torch.randperm(n, generator=shuffle, device=device)
+        perm = epoch_order(seeds, epoch, sizes, n)[0]
         for i in range(0, n, batch):
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, step, total)

@@ -80,3 +80,20 @@ def test_build_refuses_cuda_without_gpu_before_running(monkeypatch, tmp_path):
 def test_only_must_name_a_chapter(tmp_path):
     with pytest.raises(ConfigError, match=r"^only must name chapters of the book"):
         build("smoke", "cpu", only=["chapter-9"], output=tmp_path)
+
+
+def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypatch):
+    import yaml
+
+    from capq_lib.runner import stage_sources
+
+    monkeypatch.delenv("CAPQ_REPOSITORY_URL", raising=False)
+    stage_sources(tmp_path / "a")
+    plain = yaml.safe_load((tmp_path / "a" / "_config.yml").read_text())
+    assert plain["launch_buttons"]["binderhub_url"] == "" and plain["repository"]["url"] == ""
+    monkeypatch.setenv("CAPQ_REPOSITORY_URL", "https://github.com/someone/capq")
+    stage_sources(tmp_path / "b")
+    conf = yaml.safe_load((tmp_path / "b" / "_config.yml").read_text())
+    assert conf["repository"]["url"] == "https://github.com/someone/capq"
+    assert conf["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert (tmp_path / "b" / "book" / "fcdnn-capacity.ipynb").is_file()

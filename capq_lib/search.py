@@ -1,0 +1,454 @@
+"""The paper's three-stage capacity search (Sec. 3.1) on Optuna's ask-and-tell interface.
+
+Stage 1 trains a grid of N (multiples of the parameter count) with one default recipe and
+finds N1, the largest N whose accuracy is still at least ``target_accuracy`` ("slightly
+lower than 1"). Stage 2 trains a coarse grid of learning rate x momentum (x decay factor)
+at N near N1; its best points set the bounds of stage 3, a Gaussian-process Bayesian
+optimisation over the hyperparameters *and* N, with Eq. (1)'s I as the objective.
+
+Trials are claimed K at a time under the storage's lock and trained as one population.
+Stages 1 and 2 are fixed plans, so a claimed plan item is never run twice; stage 3 has a
+budget that is never overshot. Every trial persists in the storage when it finishes, so a
+killed worker loses only the trials it was running, and a rerun picks up the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from . import validate
+from .datasets import check_size
+from .devices import describe, resolve_device
+from .info import mutual_information
+from .models import FCDNNSpec
+from .population import Member, train_fcdnn_population
+from .progress import bar as progress_bar
+from .storage import Heartbeat, Storage, fail_abandoned, mark_claimed
+from .train import SCHEDULES, TrainConfig
+
+EXPERIMENTS = ("fcdnn-capacity",)
+SEED_ATTR = "seeded_from"
+
+
+@dataclass(frozen=True)
+class FCDNNCapacityStudy:
+    """An FCDNN capacity study: which architectures, and how each one's capacity is searched."""
+
+    widths: tuple[int, ...] = (16, 32, 64)
+    depths: tuple[int, ...] = (1, 2)
+    skip: tuple[tuple[int, int], ...] = ()
+    profile: str = "custom"
+    # training, shared by every trial
+    epochs: int = 2000
+    batches_per_epoch: int = 8
+    schedule: str = "cosine"
+    eval_every: int = 25
+    population: int = 16
+    # stage 1: N grid with one recipe
+    stage1_n_per_param: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+    stage1_lr: float = 0.1
+    stage1_momentum: float = 0.9
+    target_accuracy: float = 0.99
+    # stage 2: coarse hyperparameter grid near N1
+    stage2_lrs: tuple[float, ...] = (0.03, 0.1, 0.3)
+    stage2_momenta: tuple[float, ...] = (0.8, 0.9, 0.95)
+    stage2_decay_factors: tuple[float, ...] = (0.1,)
+    stage2_n_factors: tuple[float, ...] = (1.0, 1.25)
+    # stage 3: Bayesian optimisation inside the bounds stage 2 sets, within these limits
+    stage3_trials: int = 8
+    lr_range: tuple[float, float] = (0.001, 1.0)
+    momentum_range: tuple[float, float] = (0.5, 0.99)
+    decay_range: tuple[float, float] = (0.1, 0.5)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+        for name in ("widths", "depths", "stage1_n_per_param", "stage2_lrs", "stage2_momenta",
+                     "stage2_decay_factors", "stage2_n_factors"):
+            object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))
+        for w in self.widths:
+            validate.integer("widths", w, lo=1, hi=65536)
+        for d in self.depths:
+            validate.integer("depths", d, lo=1, hi=64)
+        object.__setattr__(self, "skip", tuple(tuple(s) for s in self.skip))
+        validate.integer("population", self.population, lo=1, hi=100000)
+        validate.integer("stage3_trials", self.stage3_trials, lo=0, hi=100000)
+        validate.number("target_accuracy", self.target_accuracy, lo=0.5, hi=1.0)
+        for r in self.stage1_n_per_param:
+            validate.number("stage1_n_per_param", r, lo=0.0, hi=1000.0, lo_open=True)
+        for r in self.stage2_n_factors:
+            validate.number("stage2_n_factors", r, lo=0.0, hi=100.0, lo_open=True)
+        for name in ("lr_range", "momentum_range", "decay_range"):
+            lo, hi = (validate.number(name, v) for v in getattr(self, name))
+            if not lo < hi:
+                raise validate.ConfigError(f"{name} must be [low, high] with low < high")
+        validate.number("lr_range", self.lr_range[0], lo=0.0, lo_open=True)
+        validate.choice("schedule", self.schedule, SCHEDULES)
+        TrainConfig(epochs=self.epochs, lr=self.stage1_lr, momentum=self.stage1_momentum,
+                    schedule=self.schedule, batches_per_epoch=self.batches_per_epoch,
+                    eval_every=self.eval_every)
+        for lr in self.stage2_lrs:
+            _inside("stage2_lrs", lr, self.lr_range)
+        for m in (*self.stage2_momenta, self.stage1_momentum):
+            _inside("stage2_momenta", m, self.momentum_range)
+        for d in self.stage2_decay_factors:
+            _inside("stage2_decay_factors", d, self.decay_range)
+        _inside("stage1_lr", self.stage1_lr, self.lr_range)
+        if not self.specs():
+            raise validate.ConfigError("widths x depths minus skip leaves no architecture")
+        for s in self.searches():
+            s.stage1_plan()  # every N must fit its input size: fail before any training
+
+    @classmethod
+    def from_parameters(cls, **params: Any) -> FCDNNCapacityStudy:
+        """Build from notebook/profile parameters, refusing names the study does not have."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(params) - known
+        if unknown:
+            raise validate.ConfigError(f"unknown study parameter(s) {sorted(unknown)}; "
+                                       f"known: {', '.join(sorted(known))}")
+        return cls(**params)
+
+    def specs(self) -> list[FCDNNSpec]:
+        return [FCDNNSpec(w, d) for d in self.depths for w in self.widths
+                if (w, d) not in self.skip]
+
+    def searches(self) -> list[ArchSearch]:
+        return [ArchSearch(spec, self) for spec in self.specs()]
+
+    def search_config(self) -> dict[str, Any]:
+        """What decides a study's trials, apart from the architecture and profile."""
+        skip = {"widths", "depths", "skip", "profile", "population"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, schedule=self.schedule,
+                           batches_per_epoch=self.batches_per_epoch, eval_every=self.eval_every)
+
+
+def _inside(name: str, value: float, bounds: tuple[float, float]) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        raise validate.ConfigError(f"{name} must lie in [{bounds[0]}, {bounds[1]}], got {value}")
+
+
+def _round_n(n: float) -> int:
+    return max(1, int(round(n, -1) or round(n)))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One trial to run: where it comes from and its settings."""
+
+    stage: int
+    key: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ArchSearch:
+    """The capacity search of one architecture: its studies, plans and bounds."""
+
+    spec: FCDNNSpec
+    study: FCDNNCapacityStudy
+
+    @property
+    def name(self) -> str:
+        blob = json.dumps(self.study.search_config(), sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"fcdnn-capacity/{self.study.profile}/{self.spec.name}/{digest}"
+
+    def attrs(self) -> dict[str, Any]:
+        return {"experiment": "fcdnn-capacity", "profile": self.study.profile,
+                "width": self.spec.width, "depth": self.spec.depth,
+                "search": self.study.search_config()}
+
+    def check_n(self, n: int) -> int:
+        check_size(n, self.spec.n_in)
+        return n
+
+    def n_bounds(self) -> tuple[int, int]:
+        """The widest N range any stage may use: the stage-1 grid, stretched by half."""
+        grid = [_round_n(r * self.spec.n_params) for r in self.study.stage1_n_per_param]
+        hi = min(int(max(grid) * 1.5), 2 ** self.spec.n_in - 1)
+        return max(1, min(grid)), max(hi, max(grid))
+
+    def distributions(self, bounds: dict[str, tuple[float, float]] | None = None) -> dict:
+        s = self.study
+        b = bounds or {"lr": s.lr_range, "momentum": s.momentum_range,
+                       "decay_factor": s.decay_range, "n_samples": self.n_bounds()}
+        out = {"n_samples": IntDistribution(int(b["n_samples"][0]), int(b["n_samples"][1]),
+                                            log=True),
+               "lr": FloatDistribution(*b["lr"], log=True),
+               "momentum": FloatDistribution(*b["momentum"])}
+        if s.schedule == "step":
+            out["decay_factor"] = FloatDistribution(*b["decay_factor"])
+        return out
+
+    def stage1_plan(self) -> list[Planned]:
+        s = self.study
+        out = []
+        for i, r in enumerate(s.stage1_n_per_param):
+            n = self.check_n(_round_n(r * self.spec.n_params))
+            out.append(Planned(1, f"s1:{i}", {"n_samples": n, "lr": s.stage1_lr,
+                                              "momentum": s.stage1_momentum,
+                                              "decay_factor": s.stage2_decay_factors[0]}))
+        return out
+
+    def n1(self, stage1: pd.DataFrame) -> int:
+        """The largest N of stage 1 still memorized to ``target_accuracy``."""
+        ok = stage1[stage1.accuracy >= self.study.target_accuracy]
+        return int(ok.n_samples.max() if len(ok) else stage1.n_samples.min())
+
+    def stage2_plan(self, stage1: pd.DataFrame) -> list[Planned]:
+        s, n1 = self.study, self.n1(stage1)
+        lo, hi = self.n_bounds()
+        out, i = [], 0
+        for f in s.stage2_n_factors:
+            n = self.check_n(min(max(_round_n(f * n1), lo), hi))
+            for lr in s.stage2_lrs:
+                for m in s.stage2_momenta:
+                    for d in s.stage2_decay_factors if s.schedule == "step" else (
+                            s.stage2_decay_factors[0],):
+                        out.append(Planned(2, f"s2:{i}", {"n_samples": n, "lr": lr,
+                                                          "momentum": m, "decay_factor": d}))
+                        i += 1
+        return out
+
+    def stage3_bounds(self, stage2: pd.DataFrame) -> dict[str, tuple[float, float]]:
+        """Bounds around stage 2's best quarter, one grid step wider, inside the limits."""
+        s = self.study
+        top = stage2.nlargest(max(1, math.ceil(len(stage2) / 4)), "mutual_info")
+        lrs = sorted(s.stage2_lrs)
+        step = (lrs[-1] / lrs[0]) ** (1 / max(1, len(lrs) - 1)) if len(lrs) > 1 else 3.0
+        lo_n, hi_n = self.n_bounds()
+        return {
+            "lr": (max(s.lr_range[0], top.lr.min() / step),
+                   min(s.lr_range[1], top.lr.max() * step)),
+            "momentum": (max(s.momentum_range[0], top.momentum.min() - 0.05),
+                         min(s.momentum_range[1], top.momentum.max() + 0.05)),
+            "decay_factor": (max(s.decay_range[0], top.decay_factor.min() - 0.1),
+                             min(s.decay_range[1], top.decay_factor.max() + 0.1)),
+            "n_samples": (max(lo_n, int(top.n_samples.min() * 0.8)),
+                          min(hi_n, int(top.n_samples.max() * 1.3) + 1)),
+        }
+
+
+def open_study(storage: Storage, name: str, attrs: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create or load a study, refusing one made for another architecture or profile."""
+    study = optuna.create_study(study_name=name, storage=storage.optuna, direction="maximize",
+                                load_if_exists=True, sampler=sampler)
+    attrs = json.loads(json.dumps(attrs))  # as stored: tuples become lists
+    have = study.user_attrs
+    if not have:
+        for k, v in attrs.items():
+            study.set_user_attr(k, v)
+        return study
+    for k, v in attrs.items():
+        if k in have and have[k] != v:
+            raise validate.ConfigError(
+                f"study {name!r} in storage {storage.url} was created with {k}="
+                f"{have[k]!r}, not {k}={v!r} as asked; choose another storage or profile")
+    return study
+
+
+def trials_frame(study: optuna.Study, states: tuple = (TrialState.COMPLETE,)) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=states):
+        if SEED_ATTR in t.user_attrs:
+            continue
+        rows.append({"number": t.number, "state": t.state.name, **t.params, **t.user_attrs,
+                     "value": t.value})
+    cols = ["number", "state", "n_samples", "lr", "momentum", "stage", "plan", "accuracy",
+            "mutual_info", "value"]
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(cols + [k for r in rows for k in r])))
+
+
+@dataclass
+class Claim:
+    status: str  # "work" | "wait" | "done"
+    study: optuna.Study | None = None
+    trials: list[tuple[optuna.trial.Trial, Planned]] | None = None
+
+
+def _ask_planned(study: optuna.Study, arch: ArchSearch, todo: list[Planned], k: int) -> Claim:
+    dists = arch.distributions()
+    out = []
+    for item in todo[:k]:
+        params = {n: item.params[n] for n in dists}
+        study.enqueue_trial(params, user_attrs={"stage": item.stage, "plan": item.key},
+                            skip_if_exists=False)
+        trial = study.ask(dists)
+        mark_claimed(study, trial)
+        out.append((trial, Planned(item.stage, item.key, {**item.params, **trial.params})))
+    return Claim("work", study, out)
+
+
+def claim(arch: ArchSearch, storage: Storage, k: int) -> Claim:
+    """Under the storage lock: fail dead workers' trials, then claim up to k trials."""
+    with storage.lock():
+        study = open_study(storage, arch.name, arch.attrs())
+        fail_abandoned(study)
+        frame = trials_frame(study, (TrialState.COMPLETE, TrialState.RUNNING))
+        taken = set(frame.plan.dropna())
+        complete = frame[frame.state == "COMPLETE"]
+        running = frame[frame.state == "RUNNING"]
+        for stage, plan in ((1, arch.stage1_plan), (2, arch.stage2_plan)):
+            done_before = complete[complete.stage < stage]
+            items = plan() if stage == 1 else plan(done_before[done_before.stage == 1])
+            todo = [p for p in items if p.key not in taken]
+            if todo:
+                return _ask_planned(study, arch, todo, k)
+            if (running.stage == stage).any():
+                return Claim("wait")
+        s3_name = arch.name + "/stage3"
+        names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
+        s2 = complete[complete.stage == 2]
+        bounds = arch.stage3_bounds(s2)
+        sampler = optuna.samplers.GPSampler(seed=arch.study.seed + len(complete),
+                                            n_startup_trials=min(4, len(s2)))
+        s3 = open_study(storage, s3_name, {**arch.attrs(), "stage": 3}, sampler=sampler)
+        if s3_name not in names:
+            s3.set_user_attr("bounds", bounds)
+            dists = arch.distributions(bounds)
+            for _, row in s2.iterrows():  # stage 2's results, where they fit, seed the GP
+                params = {n: row[n] for n in dists}
+                if all(d.low <= params[n] <= d.high for n, d in dists.items()):
+                    s3.add_trial(optuna.trial.create_trial(
+                        params=params, distributions=dists, value=row["mutual_info"],
+                        user_attrs={SEED_ATTR: int(row["number"])}))
+        fail_abandoned(s3)
+        dists = arch.distributions({k_: tuple(v) for k_, v in s3.user_attrs["bounds"].items()})
+        live = trials_frame(s3, (TrialState.COMPLETE, TrialState.RUNNING))
+        left = arch.study.stage3_trials - len(live)
+        if left <= 0:
+            return Claim("wait" if (live.state == "RUNNING").any() else "done")
+        out = []
+        for _ in range(min(k, left)):
+            trial = s3.ask(dists)
+            trial.set_user_attr("stage", 3)
+            mark_claimed(s3, trial)
+            params = {"decay_factor": arch.study.stage2_decay_factors[0], **trial.params}
+            out.append((trial, Planned(3, f"s3:{trial.number}", params)))
+        return Claim("work", s3, out)
+
+
+def _seed(key: str, base: int) -> int:
+    """A data and init seed per planned trial, the same in every process."""
+    return int.from_bytes(hashlib.sha256(f"{base}:{key}".encode()).digest()[:4], "big") >> 1
+
+
+def run_claim(arch: ArchSearch, claim_: Claim, device: torch.device) -> None:
+    """Train the claimed trials as one population and report each to the storage."""
+    seeds = [_seed(p.key, arch.study.seed) for _, p in claim_.trials]
+    members = [Member(int(p.params["n_samples"]), float(p.params["lr"]),
+                      float(p.params["momentum"]), float(p.params["decay_factor"]), s, s)
+               for (_, p), s in zip(claim_.trials, seeds, strict=True)]
+    storage = claim_.study._storage
+    with Heartbeat(storage, [t._trial_id for t, _ in claim_.trials]):
+        out = train_fcdnn_population(arch.spec, members, arch.study.train_config(), device)
+    where = describe(device)
+    for (trial, planned), m, res, seed in zip(claim_.trials, members, out.members, seeds,
+                                              strict=True):
+        info = mutual_information(m.n_samples, res.accuracy)
+        for k, v in {"stage": planned.stage, "accuracy": res.accuracy, "loss": res.loss,
+                     "epochs_run": res.epochs_run, "mutual_info": info, "seed": seed,
+                     "decay_factor": m.decay_factor, "device": where,
+                     "population_wall_s": out.wall_time_s,
+                     "population_size": len(members)}.items():
+            trial.set_user_attr(k, v)
+        claim_.study.tell(trial, info)
+
+
+@dataclass
+class WorkerReport:
+    trials_run: int
+    wall_time_s: float
+
+
+def run_worker(study: FCDNNCapacityStudy, device: str = "auto", storage: str | None = None,
+               progress: bool = True, poll_s: float = 2.0) -> WorkerReport:
+    """Work on every architecture's search until all budgets are met; resumable."""
+    dev = resolve_device(device)
+    store = Storage(storage)
+    searches = study.searches()
+    start, ran = time.perf_counter(), 0
+    total = sum(len(a.stage1_plan()) + len(study.stage2_n_factors) * len(study.stage2_lrs)
+                * len(study.stage2_momenta) * (len(study.stage2_decay_factors)
+                                               if study.schedule == "step" else 1)
+                + study.stage3_trials for a in searches)
+    bar = progress_bar(total=total, desc="capacity search", unit="trial", disable=not progress)
+    bar.update(sum(len(arch_trials(a, store)) for a in searches))
+    while True:
+        pending = worked = False
+        for arch in searches:
+            c = claim(arch, store, study.population)
+            if c.status == "done":
+                continue
+            pending = True
+            if c.status == "work":
+                bar.set_postfix_str(f"{arch.spec.name} stage {c.trials[0][1].stage}")
+                run_claim(arch, c, dev)
+                ran += len(c.trials)
+                bar.update(len(c.trials))
+                worked = True
+        if not pending:
+            break
+        if not worked:
+            time.sleep(poll_s)
+    bar.close()
+    return WorkerReport(ran, time.perf_counter() - start)
+
+
+def arch_trials(arch: ArchSearch, storage: Storage) -> pd.DataFrame:
+    """Every finished trial of one architecture, both studies, with its model columns."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
+    frames = []
+    for name in (arch.name, arch.name + "/stage3"):
+        if name in names:
+            frames.append(trials_frame(optuna.load_study(study_name=name,
+                                                         storage=storage.optuna)))
+    if not frames or all(f.empty for f in frames):
+        return pd.DataFrame()
+    df = pd.concat([f for f in frames if not f.empty], ignore_index=True)
+    df["model"], df["width"], df["depth"] = arch.spec.name, arch.spec.width, arch.spec.depth
+    df["params"] = arch.spec.n_params
+    df["train_wall_s"] = df["population_wall_s"] / df["population_size"]
+    return df
+
+
+def study_trials(study: FCDNNCapacityStudy, storage: str | None = None) -> pd.DataFrame:
+    store = Storage(storage)
+    frames = [arch_trials(a, store) for a in study.searches()]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def bounds_table(study: FCDNNCapacityStudy, storage: str | None = None) -> pd.DataFrame:
+    """Stage 3's bounds per architecture, as set by stage 2."""
+    store = Storage(storage)
+    rows = []
+    for a in study.searches():
+        try:
+            s3 = optuna.load_study(study_name=a.name + "/stage3", storage=store.optuna)
+        except KeyError:
+            continue
+        b = s3.user_attrs.get("bounds", {})
+        rows.append({"model": a.spec.name, **{f"{k} bounds": tuple(np.round(v, 4))
+                                              for k, v in b.items()}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,44 @@
+"""The population trainer: member k is the net trained alone, and finished members retire."""
+
+import pytest
+import torch
+
+from capq_lib.datasets import memorization_set
+from capq_lib.models import FCDNNSpec, build_fcdnn
+from capq_lib.population import Member, train_fcdnn_population
+from capq_lib.search import FCDNNCapacityStudy
+from capq_lib.train import TrainConfig, memorize
+from capq_lib.validate import ConfigError
+
+SPEC = FCDNNSpec(12, 2)
+MEMBERS = [Member(100, 0.1, 0.9, 0.1, 0, 0), Member(300, 0.05, 0.8, 0.1, 1, 1),
+           Member(37, 0.05, 0.95, 0.1, 2, 3), Member(500, 0.02, 0.9, 0.5, 3, 4)]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_each_member_matches_training_it_alone(schedule):
+    shared = TrainConfig(epochs=40, schedule=schedule, eval_every=10)
+    out = train_fcdnn_population(SPEC, MEMBERS, shared, torch.device("cpu"))
+    for m, got in zip(MEMBERS, out.members, strict=True):
+        net = build_fcdnn(SPEC, m.init_seed)
+        alone = memorize(net, memorization_set(m.n_samples, SPEC.n_in, m.data_seed),
+                         m.train_config(shared), seed=m.init_seed)
+        assert got.epochs_run == alone.epochs_run
+        assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
+        for a, b in zip(net.parameters(), got.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_members_that_memorize_stop_costing_work():
+    members = [Member(100, 0.05, 0.9, 0.1, 0, 0), Member(2000, 0.1, 0.9, 0.1, 1, 1)]
+    shared = TrainConfig(epochs=100, eval_every=5)
+    out = train_fcdnn_population(SPEC, members, shared, torch.device("cpu"))
+    small, big = out.members
+    assert small.accuracy == 1.0 and small.epochs_run < 100
+    assert big.epochs_run == 100 and big.accuracy < 1.0
+    assert out.model_epochs == small.epochs_run + big.epochs_run
+
+
+def test_population_size_must_be_positive():
+    with pytest.raises(ConfigError, match=r"^population must be an integer in \[1, "):
+        FCDNNCapacityStudy(widths=[10], depths=[1], population=0)

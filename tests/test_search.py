@@ -1,0 +1,165 @@
+"""The three-stage capacity search: budgets, resumption, shared storage, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from capq_lib.search import FCDNNCapacityStudy, open_study, run_worker, study_trials
+from capq_lib.storage import Storage
+from capq_lib.validate import ConfigError
+
+from .conftest import ROOT
+
+TINY = dict(widths=[10], depths=[1], epochs=15, population=4, stage1_n_per_param=[0.5, 1, 2],
+            stage2_lrs=[0.1, 0.3], stage2_momenta=[0.9], stage2_n_factors=[1.0],
+            stage3_trials=3, profile="test")
+BUDGET = 3 + 2 + 3  # stage 1 grid + stage 2 grid + stage 3 trials
+
+
+def complete_trials(url, study):
+    store = Storage(url)
+    out = []
+    for s in optuna.get_all_study_summaries(store.optuna):
+        for t in optuna.load_study(study_name=s.study_name, storage=store.optuna).get_trials():
+            if "seeded_from" not in t.user_attrs:
+                out.append((s.study_name, t.number, t.state, t.user_attrs.get("plan"),
+                            t.value))
+    return out
+
+
+def check_budget(trials):
+    done = [t for t in trials if t[2] == TrialState.COMPLETE]
+    assert len(done) == BUDGET
+    plans = [t[3] for t in done if t[3] is not None]
+    assert len(plans) == 5 and len(set(plans)) == 5  # every planned trial exactly once
+    assert Counter(t[0].endswith("/stage3") for t in done)[True] == 3
+    return done
+
+
+def test_search_meets_its_budget_and_a_rerun_trains_nothing(tmp_path):
+    url = f"journal:///{tmp_path}/s.journal"
+    study = FCDNNCapacityStudy(**TINY)
+    first = run_worker(study, "cpu", url, progress=False)
+    assert first.trials_run == BUDGET
+    check_budget(complete_trials(url, study))
+    assert run_worker(study, "cpu", url, progress=False).trials_run == 0
+    trials = study_trials(study, url)
+    assert sorted(Counter(trials.stage).items()) == [(1, 3), (2, 2), (3, 3)]
+    s3 = trials[trials.stage == 3]
+    assert s3.n_samples.between(1, 2**10 - 1).all() and (s3.lr > 0).all()
+
+
+def test_a_study_made_for_another_architecture_is_refused(tmp_path):
+    store = Storage(f"journal:///{tmp_path}/s.journal")
+    open_study(store, "fcdnn-capacity/test/1x10/x", {"profile": "test", "depth": 1})
+    with pytest.raises(ConfigError, match=r"created with depth=1, not depth=2"):
+        open_study(store, "fcdnn-capacity/test/1x10/x", {"profile": "test", "depth": 2})
+    with pytest.raises(ConfigError, match=r"created with profile='test', not profile='quick'"):
+        open_study(store, "fcdnn-capacity/test/1x10/x", {"profile": "quick", "depth": 1})
+
+
+@pytest.mark.parametrize("url,match", [
+    ("nonsense:/x", "storage must be a SQLAlchemy URL"),
+    ("redis://localhost/0", "storage must be a SQLAlchemy URL of one of"),
+    ("postgresql://nobody@127.0.0.1:1/none", "is unreachable"),
+])
+def test_bad_storage_urls_name_the_parameter(url, match):
+    with pytest.raises(ConfigError, match=match):
+        Storage(url)
+
+
+def worker(tmp_path, url, *extra):
+    profile = tmp_path / "tiny.yaml"
+    if not profile.exists():
+        params = {k: v for k, v in TINY.items() if k != "profile"}
+        profile.write_text(yaml.safe_dump({"chapters": {"fcdnn-capacity": params}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPQ_RESULTS_DIR": str(tmp_path / "res"),
+           "CAPQ_HEARTBEAT_GRACE_S": "5"}
+    exe = [sys.executable, "-m", "capq_lib.cli", "sweep", "fcdnn-capacity", "--profile",
+           str(profile), "--storage", url, "--device", "cpu", *extra]
+    return subprocess.Popen(exe, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_cli_refuses_unknown_experiment_and_bad_population(tmp_path):
+    url = f"journal:///{tmp_path}/s.journal"
+    env = {**os.environ, "CAPQ_RESULTS_DIR": str(tmp_path / "res")}
+    bad = subprocess.run([sys.executable, "-m", "capq_lib.cli", "sweep", "cnn-capacityy",
+                          "--storage", url], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "EXPERIMENT must be one of fcdnn-capacity" in bad.stderr
+    p = worker(tmp_path, url, "--population", "0")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "population must be an integer in [1," in err
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_only_its_running_trials(tmp_path):
+    url = f"journal:///{tmp_path}/s.journal"
+    slow = ["--population", "2"]
+    TINY["epochs"], saved = 400, TINY["epochs"]  # long enough batches to kill one mid-way
+    try:
+        p = worker(tmp_path, url, *slow)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if not os.path.exists(f"{tmp_path}/s.journal"):
+                continue
+            states = Counter(t[2] for t in complete_trials(url, None))
+            if states[TrialState.COMPLETE] >= 2 and states[TrialState.RUNNING] >= 1:
+                break
+        before = {(t[0], t[1]): t[4] for t in complete_trials(url, None)
+                  if t[2] == TrialState.COMPLETE}
+        running = [t for t in complete_trials(url, None) if t[2] == TrialState.RUNNING]
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert before and running, "the worker was not caught mid-batch"
+        again = worker(tmp_path, url, *slow)
+        _, err = again.communicate(timeout=600)
+        assert again.returncode == 0, err[-2000:]
+    finally:
+        TINY["epochs"] = saved
+    trials = complete_trials(url, None)
+    done = check_budget(trials)
+    after = {(t[0], t[1]): t[4] for t in done}
+    assert all(after[k] == v for k, v in before.items())  # nothing finished was lost or redone
+    failed = [t for t in trials if t[2] == TrialState.FAIL]
+    assert sorted(t[1] for t in failed) == sorted(t[1] for t in running)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    url = os.environ.get("CAPQ_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CAPQ_REQUIRE_POSTGRES") == "1":
+            pytest.fail("CAPQ_TEST_POSTGRES_URL is not set (see .ci/postgres.sh)")
+        pytest.skip("no PostgreSQL server (CAPQ_TEST_POSTGRES_URL)")
+    # a fresh study name for this run: the profile name is the temp file's stem
+    (tmp_path / "tiny.yaml").unlink(missing_ok=True)
+    tiny = tmp_path / f"pg{int(time.time() * 1000)}.yaml"
+    params = {k: v for k, v in TINY.items() if k != "profile"}
+    params["epochs"] = 300  # batches long enough that both workers get some
+    tiny.write_text(yaml.safe_dump({"chapters": {"fcdnn-capacity": params}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPQ_RESULTS_DIR": str(tmp_path / "res")}
+    cmd = [sys.executable, "-m", "capq_lib.cli", "sweep", "fcdnn-capacity", "--profile",
+           str(tiny), "--storage", url, "--device", "cpu", "--population", "2"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    ran = [int(o[0].split("capq sweep: ")[1].split()[0]) for o in outs]
+    assert sum(ran) == BUDGET and min(ran) > 0  # both worked, together exactly the budget
+    store = Storage(url)
+    mine = [s.study_name for s in optuna.get_all_study_summaries(store.optuna)
+            if f"/{tiny.stem}/" in s.study_name]
+    trials = [(n, t.number, t.state, t.user_attrs.get("plan"), t.value) for n in mine
+              for t in optuna.load_study(study_name=n, storage=store.optuna).get_trials()
+              if "seeded_from" not in t.user_attrs]
+    check_budget(trials)
