@@ -125,15 +125,20 @@ class PopulationOutcome:
     model_epochs: int  # sum over members of epochs trained: the work done
 
 
+#: above this many bytes of float32 inputs, stacked inputs are kept as uint8 (4x smaller)
+FLOAT_INPUT_BYTES = 2**30
+
+
 def stack_memorization_sets(members: Sequence[Member], n_in: int, device: torch.device
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (K, N_max, n_in) as uint8 (4x less memory than float) and labels (K, N_max)."""
+    """Inputs (K, N_max, n_in), float32 or, when large, uint8; labels (K, N_max)."""
     n_max = max(m.n_samples for m in members)
-    x = torch.zeros(len(members), n_max, n_in, dtype=torch.uint8)
+    small = len(members) * n_max * n_in * 4 <= FLOAT_INPUT_BYTES
+    x = torch.zeros(len(members), n_max, n_in, dtype=torch.float32 if small else torch.uint8)
     y = torch.zeros(len(members), n_max, dtype=torch.int64)
     for k, m in enumerate(members):
         data = memorization_set(m.n_samples, n_in, m.data_seed)
-        x[k, :m.n_samples] = data.x.to(torch.uint8)
+        x[k, :m.n_samples] = data.x.to(x.dtype)
         y[k, :m.n_samples] = data.y
     return x.to(device), y.to(device)
 
@@ -160,12 +165,18 @@ class _Schedule:
         self.momentum = torch.where(active, mom[None, :], torch.ones(())).to(device)
         self.batch_t = torch.tensor(self.batch, device=device)
         self.n_t = torch.tensor(n, device=device)
+        self._update_uniform(n)
+
+    def _update_uniform(self, n: list[int]) -> None:
+        """True when every member fills every batch: then no sample needs masking."""
+        self.uniform = len(set(self.batch)) == 1 and all(k % self.batch[0] == 0 for k in n)
 
     def keep(self, rows: torch.Tensor) -> None:
         rows_cpu = rows.cpu().tolist()
         self.lr, self.momentum = self.lr[:, :, rows], self.momentum[:, rows]
         self.batch_t, self.n_t = self.batch_t[rows], self.n_t[rows]
         self.batch = [self.batch[r] for r in rows_cpu]
+        self._update_uniform(self.n_t.tolist())
 
 
 @torch.no_grad()
@@ -203,7 +214,6 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
     results: dict[int, MemberOutcome] = {}
     start, model_epochs, b_max = time.perf_counter(), 0, max(sched.batch)
     cols = torch.arange(b_max, device=device)
-    rows = lambda: torch.arange(alive.numel(), device=device)[:, None]  # noqa: E731
     bar = progress_bar(total=shared.epochs, desc="population", leave=False,
                        disable=not progress)
 
@@ -215,22 +225,29 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
 
     for epoch in range(1, shared.epochs + 1):
         order = epoch_order(seeds, epoch, sched.n_t, x.shape[1])
-        r = rows()
+        # flat row offsets: index_select on (K * N_max, ...) is much cheaper than x[r, idx]
+        base = torch.arange(alive.numel(), device=device)[:, None] * x.shape[1]
+        x_flat, y_flat = x.flatten(0, 1), y.flatten()
         for s in range(sched.steps_max):
             pos = s * sched.batch_t[:, None] + cols[None, :b_max]
-            valid = (cols[None, :b_max] < sched.batch_t[:, None]) & (pos < sched.n_t[:, None])
-            idx = order.gather(1, pos.clamp(max=x.shape[1] - 1))
-            logits = model.forward(x[r, idx].float())
-            ce = nn.functional.cross_entropy(logits.flatten(0, 1), y[r, idx].flatten(),
+            idx = order.gather(1, pos.clamp(max=x.shape[1] - 1)) + base
+            xb = x_flat.index_select(0, idx.flatten()).view(*idx.shape, *x.shape[2:])
+            logits = model.forward(xb if xb.is_floating_point() else xb.float())
+            ce = nn.functional.cross_entropy(logits.flatten(0, 1),
+                                             y_flat.index_select(0, idx.flatten()),
                                              reduction="none").view_as(idx)
-            loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1)).sum()
+            if sched.uniform:
+                loss = ce.mean(1).sum()
+            else:
+                valid = (cols[None, :b_max] < sched.batch_t[:, None]) & (pos < sched.n_t[:, None])
+                loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1)).sum()
             grads = torch.autograd.grad(loss, model.params)
             lr, mom = sched.lr[epoch - 1, s], sched.momentum[s]
             with torch.no_grad():
                 for p, g, buf in zip(model.params, grads, bufs, strict=True):
                     shape = (-1,) + (1,) * (p.dim() - 1)
                     buf.mul_(mom.view(shape)).add_(g)
-                    p.sub_(lr.view(shape) * buf)
+                    p.addcmul_(lr.view(shape), buf, value=-1.0)
         model_epochs += alive.numel()
         bar.update(1)
         if epoch % shared.eval_every == 0 and epoch < shared.epochs:
@@ -253,9 +270,39 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
                              time.perf_counter() - start, model_epochs)
 
 
+#: on a CPU, members per pass are capped so one layer's activations stay in cache
+CPU_ACTIVATION_BYTES = 2 * 2**20
+
+
+def members_per_pass(spec: FCDNNSpec, members: Sequence[Member], shared: TrainConfig,
+                     device: torch.device) -> int:
+    """How many members to stack at once: all of them on a GPU; on a CPU as many as keep a
+    layer's activations (K x batch x width floats) within CPU_ACTIVATION_BYTES, measured
+    faster than one large stack whose activations spill to memory."""
+    if device.type != "cpu":
+        return len(members)
+    batch = max(math.ceil(m.n_samples / shared.batches_per_epoch) for m in members)
+    return max(1, min(len(members), CPU_ACTIVATION_BYTES // (batch * spec.width * 4)))
+
+
 def train_fcdnn_population(spec: FCDNNSpec, members: Sequence[Member], shared: TrainConfig,
-                           device: torch.device, progress: bool = False) -> PopulationOutcome:
-    """Build the data and the stacked FCDNN for ``members`` and train them together."""
-    x, y = stack_memorization_sets(members, spec.n_in, device)
-    model = StackedFCDNN(spec, [m.init_seed for m in members], device)
-    return train_population(model, members, x, y, shared, progress)
+                           device: torch.device, progress: bool = False,
+                           data: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> PopulationOutcome:
+    """Train ``members`` as populations of stacked FCDNNs (one pass, or a few on a CPU).
+
+    ``data`` may hold the stacked sets already (from ``stack_memorization_sets``).
+    """
+    x, y = data if data is not None else stack_memorization_sets(members, spec.n_in, device)
+    per = members_per_pass(spec, members, shared, device)
+    outcomes, wall, work = [], 0.0, 0
+    for i in range(0, len(members), per):
+        group = members[i:i + per]
+        n_max = max(m.n_samples for m in group)
+        model = StackedFCDNN(spec, [m.init_seed for m in group], device)
+        out = train_population(model, group, x[i:i + per, :n_max], y[i:i + per, :n_max],
+                               shared, progress)
+        outcomes += out.members
+        wall += out.wall_time_s
+        work += out.model_epochs
+    return PopulationOutcome(outcomes, wall, work)

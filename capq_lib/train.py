@@ -76,9 +76,10 @@ def epoch_order(seeds: torch.Tensor, epoch: int, n_samples: torch.Tensor,
     """
     idx = torch.arange(n_max, device=seeds.device, dtype=torch.int64)
     stream = _hash32(_hash32(seeds.to(torch.int64)[:, None] * 0x9E3779B1 + epoch))
-    keys = _hash32(stream ^ _hash32(idx[None, :] + 0x632BE5AB))
-    keys = torch.where(idx[None, :] < n_samples[:, None], keys, (1 << 32) + idx[None, :])
-    return torch.argsort(keys, dim=1, stable=True)
+    rank = _hash32(stream ^ _hash32(idx[None, :] + 0x632BE5AB)) >> 2
+    rank = torch.where(idx[None, :] < n_samples[:, None], rank, 1 << 30)
+    # (30-bit hash, index) packed in one int64: all keys differ, so any sort is deterministic
+    return torch.sort((rank << 32) | idx[None, :], dim=1).indices
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:

@@ -43,3 +43,20 @@ def test_schedules():
 def test_bad_training_config_names_the_parameter(kwargs, name):
     with pytest.raises(ConfigError, match=rf"^{name} must be"):
         TrainConfig(**kwargs)
+
+
+def test_epoch_order_is_a_seeded_permutation_of_each_members_samples():
+    import torch
+
+    from capq_lib.train import epoch_order
+
+    seeds, sizes = torch.tensor([3, 4, 3]), torch.tensor([50, 50, 20])
+    order = epoch_order(seeds, 1, sizes, 50)
+    for k, n in enumerate(sizes.tolist()):
+        assert sorted(order[k, :n].tolist()) == list(range(n))
+        assert order[k, n:].tolist() == list(range(n, 50))  # padding last, in place
+    assert not torch.equal(order[0], order[1])  # another seed, another order
+    assert torch.equal(order, epoch_order(seeds, 1, sizes, 50))
+    assert not torch.equal(order[0], epoch_order(seeds, 2, sizes, 50)[0])  # another epoch
+    # alone, a member draws the order it gets in a population
+    assert torch.equal(epoch_order(seeds[2:], 1, sizes[2:], 20)[0], order[2, :20])

@@ -1,0 +1,148 @@
+"""Population trainer against a per-model loop: model-epochs per second, and their ratio.
+
+(a) loop: what most code does, one nn.Module and one torch.optim.SGD per model, trained one
+    after another (its rate does not depend on K, so it is measured on a few models);
+(b) population: ``capq_lib.population.train_population`` on K stacked members.
+Both train depth-2 FCDNNs with SGD + momentum and a cosine schedule on N = 8 batches of
+random data, for the same number of epochs. The achieved GFLOP/s of (b) is compared with
+the peak float32 matmul rate measured in the same run.
+
+    python benchmarks/population.py [--device cpu|cuda] [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+
+from capq_lib.datasets import memorization_set
+from capq_lib.devices import describe, resolve_device
+from capq_lib.models import FCDNNSpec, build_fcdnn
+from capq_lib.population import Member, stack_memorization_sets, train_fcdnn_population
+from capq_lib.train import TrainConfig, memorize
+
+BATCHES_PER_EPOCH = 8
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_gflops(device: torch.device) -> float:
+    """Best float32 GEMM rate over a few square sizes (TF32 off: a float32 peak)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    best = 0.0
+    sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        torch.mm(a, b)
+        sync(device)
+        reps = 3 if device.type == "cpu" else 20
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def flops_per_model_epoch(spec: FCDNNSpec, n: int) -> float:
+    """Forward 2, backward 4 flops per multiply-add of the weight matrices, per sample."""
+    macs = spec.depth * spec.width**2 + spec.width * spec.n_classes
+    return 6.0 * macs * n
+
+
+def loop_rate(spec: FCDNNSpec, batch: int, epochs: int, device: torch.device,
+              models: int = 4) -> float:
+    """Model-epochs per second of one nn.Module + torch.optim trained after another."""
+    n = batch * BATCHES_PER_EPOCH
+    data = memorization_set(n, spec.n_in, 0).to(device)
+    config = TrainConfig(epochs=epochs, lr=0.01, eval_every=10**9)
+    memorize(build_fcdnn(spec, 99).to(device), data, TrainConfig(epochs=1, eval_every=10**9))
+    sync(device)
+    start = time.perf_counter()
+    for seed in range(models):
+        memorize(build_fcdnn(spec, seed).to(device), data, config, seed=seed)
+    sync(device)
+    return models * epochs / (time.perf_counter() - start)
+
+
+def population_rate(spec: FCDNNSpec, k: int, batch: int, epochs: int,
+                    device: torch.device) -> float:
+    """Model-epochs per second of K members trained as one population."""
+    n = batch * BATCHES_PER_EPOCH
+    members = [Member(n, 0.01, 0.9, 0.1, s, s) for s in range(k)]
+    data = stack_memorization_sets(members, spec.n_in, device)
+    shared = TrainConfig(epochs=epochs, eval_every=10**9)
+    train_fcdnn_population(spec, members, TrainConfig(epochs=1, eval_every=10**9), device,
+                           data=data)
+    sync(device)
+    start = time.perf_counter()
+    out = train_fcdnn_population(spec, members, shared, device, data=data)
+    sync(device)
+    return out.model_epochs / (time.perf_counter() - start)
+
+
+def run(device: torch.device, ks: list[int], widths: list[int], batches: list[int],
+        budget_s: float) -> list[dict]:
+    peak = peak_matmul_gflops(device)
+    rows = []
+    for width in widths:
+        spec = FCDNNSpec(width, 2)
+        for batch in batches:
+            n = batch * BATCHES_PER_EPOCH
+            probe = loop_rate(spec, batch, 2, device, models=1)
+            loop_epochs = max(2, math.ceil(budget_s * probe / 4))
+            loop = loop_rate(spec, batch, loop_epochs, device)
+            for k in ks:
+                pop_epochs = max(2, math.ceil(budget_s * loop * 3 / k))
+                pop = population_rate(spec, k, batch, min(pop_epochs, 400), device)
+                gflops = pop * flops_per_model_epoch(spec, n) / 1e9
+                rows.append({"device": describe(device), "k": k, "width": width, "depth": 2,
+                             "batch": batch, "n_samples": n,
+                             "loop_model_epochs_per_s": round(loop, 2),
+                             "population_model_epochs_per_s": round(pop, 2),
+                             "ratio": round(pop / loop, 2),
+                             "population_gflops": round(gflops, 2),
+                             "peak_matmul_gflops": round(peak, 1),
+                             "peak_fraction": round(gflops / peak, 3)})
+                print(f"# k={k:4d} width={width} batch={batch:5d} loop={loop:9.1f} "
+                      f"pop={pop:10.1f} ratio={pop / loop:7.1f} {gflops:8.1f} GFLOP/s "
+                      f"({gflops / peak:.0%} of {peak:.0f})", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("k", "width", "batch", "loop_model_epochs_per_s", "population_model_epochs_per_s",
+            "ratio", "population_gflops", "peak_fraction")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true", help="print JSON records, not a table")
+    ap.add_argument("--quick", action="store_true", help="the three cells the targets name")
+    ap.add_argument("--budget-s", type=float, default=1.0, help="seconds per measurement")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    if args.quick:
+        rows = run(device, [32], [32], [256], args.budget_s)
+        rows += run(device, [8, 32, 128], [64], [1024], args.budget_s)
+    else:
+        rows = run(device, [8, 32, 128], [32, 64], [64, 256, 1024], args.budget_s)
+    print(json.dumps(rows, indent=1) if args.json else
+          f"device: {rows[0]['device']}, peak float32 matmul "
+          f"{rows[0]['peak_matmul_gflops']} GFLOP/s\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()
