@@ -101,8 +101,9 @@ def run(device: torch.device, ks: list[int], widths: list[int], batches: list[in
             loop_epochs = max(2, math.ceil(budget_s * probe / 4))
             loop = loop_rate(spec, batch, loop_epochs, device)
             for k in ks:
-                pop_epochs = max(2, math.ceil(budget_s * loop * 3 / k))
-                pop = population_rate(spec, k, batch, min(pop_epochs, 400), device)
+                probe = population_rate(spec, k, batch, 3, device)
+                pop_epochs = min(400, max(3, math.ceil(budget_s * probe / k)))
+                pop = population_rate(spec, k, batch, pop_epochs, device)
                 gflops = pop * flops_per_model_epoch(spec, n) / 1e9
                 rows.append({"device": describe(device), "k": k, "width": width, "depth": 2,
                              "batch": batch, "n_samples": n,
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print JSON records, not a table")
     ap.add_argument("--quick", action="store_true", help="the three cells the targets name")
-    ap.add_argument("--budget-s", type=float, default=1.0, help="seconds per measurement")
+    ap.add_argument("--budget-s", type=float, default=1.5, help="seconds per measurement")
     args = ap.parse_args()
     device = resolve_device(args.device)
     if args.quick:

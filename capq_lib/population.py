@@ -295,14 +295,18 @@ def train_fcdnn_population(spec: FCDNNSpec, members: Sequence[Member], shared: T
     """
     x, y = data if data is not None else stack_memorization_sets(members, spec.n_in, device)
     per = members_per_pass(spec, members, shared, device)
-    outcomes, wall, work = [], 0.0, 0
+    # passes of similar N waste less on padding to the largest member's batch
+    order = sorted(range(len(members)), key=lambda k: members[k].n_samples)
+    outcomes: dict[int, MemberOutcome] = {}
+    wall, work = 0.0, 0
     for i in range(0, len(members), per):
-        group = members[i:i + per]
+        ids = order[i:i + per]
+        group = [members[k] for k in ids]
         n_max = max(m.n_samples for m in group)
+        rows = torch.tensor(ids, device=x.device)
         model = StackedFCDNN(spec, [m.init_seed for m in group], device)
-        out = train_population(model, group, x[i:i + per, :n_max], y[i:i + per, :n_max],
-                               shared, progress)
-        outcomes += out.members
+        out = train_population(model, group, x[rows, :n_max], y[rows, :n_max], shared, progress)
+        outcomes.update(zip(ids, out.members, strict=True))
         wall += out.wall_time_s
         work += out.model_epochs
-    return PopulationOutcome(outcomes, wall, work)
+    return PopulationOutcome([outcomes[k] for k in range(len(members))], wall, work)
