@@ -75,6 +75,14 @@ def fcdnn_rows(summary: pd.DataFrame) -> list[dict]:
                          "4", reference.source("fcdnn.width_doubling_n_factor"),
                          f"{f:.2f} (capacity ratio, geometric mean of {len(widths)} pairs)",
                          3.0 <= f <= 5.0))
+    if "lr_at_max" in summary:
+        lr_lo, lr_hi = reference.value("fcdnn.lr_range")
+        inside = int(summary.lr_at_max.between(lr_lo, lr_hi).sum())
+        rows.append(_row(ch, "learning rate of the best trial lies in the paper's search range",
+                         f"searched {lr_lo} to {lr_hi}", reference.source("fcdnn.lr_range"),
+                         f"{inside} of {len(summary)} architectures (lr "
+                         f"{summary.lr_at_max.min():.3g} to {summary.lr_at_max.max():.3g})",
+                         None))
     depth1 = summary[summary.depth == 1].set_index("width").capacity_bits
     deeper = summary[(summary.depth > 1) & summary.width.isin(depth1.index)]
     if not deeper.empty:

@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -449,6 +448,9 @@ def bounds_table(study: FCDNNCapacityStudy, storage: str | None = None) -> pd.Da
         except KeyError:
             continue
         b = s3.user_attrs.get("bounds", {})
-        rows.append({"model": a.spec.name, **{f"{k} bounds": tuple(np.round(v, 4))
-                                              for k, v in b.items()}})
+        fmt = {"lr": "{:.3g} to {:.3g}", "momentum": "{:.2f} to {:.2f}",
+               "decay_factor": "{:.2f} to {:.2f}", "n_samples": "{:,.0f} to {:,.0f}"}
+        shown = [k for k in b if k != "decay_factor" or a.study.schedule == "step"]
+        rows.append({"model": a.spec.name,
+                     **{f"stage-3 {k}": fmt[k].format(*b[k]) for k in shown}})
     return pd.DataFrame(rows)
