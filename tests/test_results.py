@@ -3,8 +3,10 @@ import json
 import pytest
 
 from capq_lib import capacity
-from capq_lib.capacity import FCDNNCapacityStudy, fcdnn_capacity
+from capq_lib.capacity import MemorizationTrial, run_trials
+from capq_lib.models import FCDNNSpec
 from capq_lib.results import ResultsCache, config_key
+from capq_lib.train import TrainConfig
 
 
 def test_miss_then_hit_with_provenance(cache: ResultsCache):
@@ -40,8 +42,8 @@ def test_a_failed_computation_leaves_no_entry(cache: ResultsCache):
 
 
 def test_an_interrupted_sweep_keeps_finished_trials_and_nothing_partial(cache, monkeypatch):
-    study = FCDNNCapacityStudy(widths=[12], depths=[1], n_per_param=[0.5, 1.0, 2.0],
-                               lrs=[0.3], epochs=20)
+    trials = [MemorizationTrial(FCDNNSpec(12, 1), n, TrainConfig(epochs=20, lr=0.3))
+              for n in (90, 180, 360)]
     real, done = capacity.memorize, []
 
     def dies_on_third(*args, **kwargs):
@@ -52,11 +54,11 @@ def test_an_interrupted_sweep_keeps_finished_trials_and_nothing_partial(cache, m
 
     monkeypatch.setattr(capacity, "memorize", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
+        run_trials(trials, "cpu", cache, progress=False)
     files = list((cache.root / "memorization-trial").iterdir())
     assert len(files) == 2 and all(f.suffix == ".json" for f in files)
     for f in files:
         json.loads(f.read_text())  # whole records only
     monkeypatch.setattr(capacity, "memorize", real)
-    result = fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
-    assert result.trials.cached.tolist() == [True, True, False]
+    result = run_trials(trials, "cpu", cache, progress=False)
+    assert result.cached.tolist() == [True, True, False]
