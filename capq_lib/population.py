@@ -46,11 +46,9 @@ class Member:
 
     def __post_init__(self) -> None:
         validate.integer("n_samples", self.n_samples, lo=1)
-        validate.number("lr", self.lr, lo=0.0, hi=10.0, lo_open=True)
-        validate.number("momentum", self.momentum, lo=0.0, hi=0.999)
-        validate.number("decay_factor", self.decay_factor, lo=0.0, hi=1.0, lo_open=True)
         validate.integer("data_seed", self.data_seed, lo=0)
         validate.integer("init_seed", self.init_seed, lo=0)
+        self.train_config(TrainConfig())  # lr, momentum, decay_factor: checked as for one net
 
     def train_config(self, shared: TrainConfig) -> TrainConfig:
         """This member's settings as a single-net TrainConfig."""
