@@ -23,7 +23,7 @@ import torch
 from capq_lib.datasets import memorization_set
 from capq_lib.devices import describe, resolve_device
 from capq_lib.models import FCDNNSpec, build_fcdnn
-from capq_lib.population import Member, stack_memorization_sets, train_fcdnn_population
+from capq_lib.population import Member, stack_memorization_sets, train_members
 from capq_lib.train import TrainConfig, memorize
 
 BATCHES_PER_EPOCH = 8
@@ -78,13 +78,13 @@ def population_rate(spec: FCDNNSpec, k: int, batch: int, epochs: int,
     """Model-epochs per second of K members trained as one population."""
     n = batch * BATCHES_PER_EPOCH
     members = [Member(n, 0.01, 0.9, 0.1, s, s) for s in range(k)]
-    data = stack_memorization_sets(members, spec.n_in, device)
+    data = stack_memorization_sets(members, spec.input_shape, device)
     shared = TrainConfig(epochs=epochs, eval_every=10**9)
-    train_fcdnn_population(spec, members, TrainConfig(epochs=1, eval_every=10**9), device,
+    train_members(spec, members, TrainConfig(epochs=1, eval_every=10**9), device,
                            data=data)
     sync(device)
     start = time.perf_counter()
-    out = train_fcdnn_population(spec, members, shared, device, data=data)
+    out = train_members(spec, members, shared, device, data=data)
     sync(device)
     return out.model_epochs / (time.perf_counter() - start)
 

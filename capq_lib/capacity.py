@@ -18,14 +18,14 @@ from . import progress as progress_bars
 from . import validate
 from .datasets import check_size, memorization_set
 from .devices import describe, resolve_device
-from .info import bits_per_parameter, mutual_information
+from .info import bits_per_parameter, conv_bits_per_parameter, mutual_information
 from .models import FCDNNSpec, build_fcdnn
 from .results import ResultsCache
-from .search import FCDNNCapacityStudy, run_worker, study_trials
+from .search import CapacityStudy, run_worker, study_trials
 from .train import TrainConfig, memorize
 
 TRIAL_KIND = "memorization-trial"
-FCDNN_KIND = "fcdnn-capacity"
+FCDNN_KIND, CNN_KIND, RNN_KIND = "fcdnn-capacity", "cnn-capacity", "rnn-capacity"
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,13 @@ def run_trials(trials: list[MemorizationTrial], device: str = "auto",
 def capacity_curve(trials: pd.DataFrame) -> pd.DataFrame:
     """Per model and N: the best accuracy over hyperparameters and seeds, and its I."""
     best = trials.loc[trials.groupby(["model", "n_samples"])["accuracy"].idxmax()]
-    best = best.sort_values(["depth", "width", "n_samples"]).reset_index(drop=True)
+    best = best.sort_values(["params", "n_samples"]).reset_index(drop=True)
     best["mutual_info"] = mutual_information(best["n_samples"], best["accuracy"])
     return best
+
+
+#: per-family columns that ``search.spec_columns`` adds and summaries carry along
+SPEC_COLUMNS = ("width", "depth", "params_conv", "params_fc", "units")
 
 
 def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
@@ -92,18 +96,20 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
     curve = capacity_curve(trials)
     at_max = curve.loc[curve.groupby("model")["mutual_info"].idxmax()]
     swept = {m: sorted(g.n_samples.tolist()) for m, g in curve.groupby("model")}
-    out = pd.DataFrame({
-        "model": at_max["model"], "width": at_max["width"], "depth": at_max["depth"],
-        "params": at_max["params"], "capacity_bits": at_max["mutual_info"],
-        "bits_per_param": bits_per_parameter(at_max["mutual_info"], at_max["params"]),
-        "n_at_max": at_max["n_samples"], "p_at_max": at_max["accuracy"],
-        "lr_at_max": at_max["lr"],
-        "n_swept": [swept[m] for m in at_max["model"]],
-        # a maximum at either end of the N grid means the grid missed the true peak
-        "interior_max": [swept[m][0] < n < swept[m][-1]
-                         for m, n in zip(at_max["model"], at_max["n_samples"], strict=True)],
-    })
-    return out.sort_values(["depth", "width"]).reset_index(drop=True)
+    out = at_max[["model", "params", *[c for c in SPEC_COLUMNS if c in at_max]]].copy()
+    out["capacity_bits"] = at_max["mutual_info"]
+    out["bits_per_param"] = bits_per_parameter(at_max["mutual_info"], at_max["params"])
+    out["n_at_max"], out["p_at_max"] = at_max["n_samples"], at_max["accuracy"]
+    out["lr_at_max"] = at_max["lr"]
+    out["n_swept"] = [swept[m] for m in at_max["model"]]
+    # a maximum at either end of the N grid means the grid missed the true peak
+    out["interior_max"] = [swept[m][0] < n < swept[m][-1]
+                           for m, n in zip(at_max["model"], at_max["n_samples"], strict=True)]
+    if "params_conv" in out:  # the paper's conv share, assuming 2.3 bits per FC parameter
+        out["conv_bits_per_param"] = [
+            conv_bits_per_parameter(c, f, v) for c, f, v in
+            zip(out.capacity_bits, out.params_fc, out.params_conv, strict=True)]
+    return out.sort_values("params").reset_index(drop=True)
 
 
 @dataclass
@@ -115,18 +121,18 @@ class CapacityResult:
     summary: pd.DataFrame
 
 
-def fcdnn_capacity(study: FCDNNCapacityStudy, device: str = "auto", storage: str | None = None,
-                   cache: ResultsCache | None = None, progress: bool = True) -> CapacityResult:
+def measure_capacity(study: CapacityStudy, device: str = "auto", storage: str | None = None,
+                     cache: ResultsCache | None = None, progress: bool = True) -> CapacityResult:
     """Run the three-stage search to its budget (resuming what the storage holds), then
-    record one capacity summary per architecture in the results cache."""
+    record one capacity summary per architecture under the study's experiment name."""
     cache = cache or ResultsCache()
     run_worker(study, device, storage, progress)
     trials = study_trials(study, storage)
     summary = capacity_summary(trials)
     for row in summary.to_dict("records"):
         mine = trials[trials.model == row["model"]]
-        devices = sorted(set(mine.device))
         config = {"study": asdict(study), "model": row["model"]}
-        cache.put(FCDNN_KIND, config, {**row, "profile": study.profile, "trials": len(mine)},
-                  ", ".join(devices), float(mine.train_wall_s.sum()))
+        cache.put(study.experiment, config, {**row, "profile": study.profile,
+                                             "trials": len(mine)},
+                  ", ".join(sorted(set(mine.device))), float(mine.train_wall_s.sum()))
     return CapacityResult(trials, capacity_curve(trials[trials.stage < 3]), summary)

@@ -16,6 +16,8 @@ from .validate import ConfigError
 #: experiment names ``capq results`` knows, and what each record is
 EXPERIMENTS = {
     "fcdnn-capacity": "capacity of one FCDNN architecture (one record per model and profile)",
+    "cnn-capacity": "capacity of one Table-1 CNN, with the paper's conv bits per parameter",
+    "rnn-capacity": "capacity of one LSTM classifier",
     "memorization-trial": "one trained net: config, accuracy p and I",
     "mi-check": "Eq. (1) against the plug-in estimate, one record per N and p",
 }
@@ -48,11 +50,10 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 
 def sweep(args: argparse.Namespace) -> int:
     """One worker: claims trials K at a time until every architecture's budget is met."""
-    from .search import EXPERIMENTS as SEARCHABLE
-    from .search import FCDNNCapacityStudy, run_worker
+    from .search import STUDIES, run_worker
 
-    if args.experiment not in SEARCHABLE:
-        raise ConfigError(f"EXPERIMENT must be one of {', '.join(SEARCHABLE)}; "
+    if args.experiment not in STUDIES:
+        raise ConfigError(f"EXPERIMENT must be one of {', '.join(STUDIES)}; "
                           f"got {args.experiment!r}")
     params = profiles.load(args.profile).chapters.get(args.experiment, {})
     params = {k: v for k, v in params.items() if not k.startswith("fig")}
@@ -60,7 +61,8 @@ def sweep(args: argparse.Namespace) -> int:
         params["stage3_trials"] = args.trials
     if args.population is not None:
         params["population"] = args.population
-    study = FCDNNCapacityStudy.from_parameters(**params, profile=profiles.load(args.profile).name)
+    study = STUDIES[args.experiment].from_parameters(
+        **params, profile=profiles.load(args.profile).name)
     report = run_worker(study, args.device, args.storage)
     print(f"capq sweep: {report.trials_run} trials run by this worker in "
           f"{report.wall_time_s:.1f} s; every budget of {args.experiment} "
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--execute-only", action="store_true", help="run notebooks, skip the HTML")
 
     w = sub.add_parser("sweep", help="start a worker on an experiment's capacity search")
-    w.add_argument("experiment", metavar="EXPERIMENT", help="one of: fcdnn-capacity")
+    w.add_argument("experiment", metavar="EXPERIMENT",
+                   help="fcdnn-capacity, cnn-capacity or rnn-capacity")
     w.add_argument("--profile", default="quick", help="whose parameters to search with")
     w.add_argument("--storage", default=None,
                    help="SQLAlchemy URL or journal:///path shared by all workers "

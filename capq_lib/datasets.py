@@ -68,9 +68,17 @@ def random_labels(n_samples: int, seed: int) -> np.ndarray:
     return rng.integers(0, 2, size=n_samples, dtype=np.int64)
 
 
-def memorization_set(n_samples: int, n_in: int, seed: int = 0) -> MemorizationSet:
-    """The FCDNN memorization task: X in {0,1}^(N x n_in), Y in {0,1}^N (Sec. 4.1)."""
+def memorization_set(n_samples: int, n_in: int, seed: int = 0,
+                     shape: tuple[int, ...] | None = None) -> MemorizationSet:
+    """X in {0,1}^(N x n_in) with fair-coin labels Y in {0,1}^N (Sec. 4.1).
+
+    With ``shape`` (whose product is n_in) each random binary vector is reshaped, which is
+    how the paper makes CNN images (1 x 32 x 32) and RNN sequences (5 steps x 32)."""
     validate.integer("seed", seed, lo=0)
     x = torch.from_numpy(random_binary_inputs(n_samples, n_in, seed)).float()
+    if shape is not None:
+        if math.prod(shape) != n_in:
+            raise validate.ConfigError(f"shape {shape} does not hold n_in={n_in} values")
+        x = x.view(n_samples, *shape)
     y = torch.from_numpy(random_labels(n_samples, seed))
     return MemorizationSet(x, y)

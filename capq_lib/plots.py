@@ -141,26 +141,36 @@ def capacity_regions(curve: pd.DataFrame, model: str) -> go.Figure:
                                range=[0.45, 1.02]))
 
 
-def capacity_vs_params(summary: pd.DataFrame) -> go.Figure:
-    """Fig. 2b: capacity against parameter count (log-log), ours beside the paper's."""
+def capacity_vs_params(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | None = None
+                       ) -> go.Figure:
+    """Fig. 2b: capacity against parameter count (log-log), ours beside the paper's.
+
+    ``summary`` holds our FCDNNs; ``others`` more of our families by label (e.g. "CNN")."""
     fig = go.Figure()
     lo, hi = reference.value("fcdnn.bits_per_param_range")
     mean = reference.value("fcdnn.bits_per_param_mean")
     cnn = reference.paper()["cnn"]["table1"]["models"]
     rnn = reference.value("rnn.model")
-    xs = np.array([*summary["params"], *[m["params"] for m in cnn.values()], rnn["params"]])
+    ours = {"FCDNN": summary, **(others or {})}
+    xs = np.array([*[p for d in ours.values() for p in d["params"]],
+                   *[m["params"] for m in cnn.values()], rnn["params"]])
     grid = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 50)
     fig.add_trace(go.Scatter(x=np.r_[grid, grid[::-1]], y=np.r_[lo * grid, hi * grid[::-1]],
                              fill="toself", fillcolor="rgba(31,119,180,0.12)", line_width=0,
                              name=f"paper, FCDNN range {lo}-{hi} bits/param", hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=grid, y=mean * grid, mode="lines", name=f"{mean} bits/param",
                              line=dict(color="#1f77b4", dash="dash")))
-    fig.add_trace(go.Scatter(
-        x=summary["params"], y=summary["capacity_bits"], mode="markers", name="ours, FCDNN",
-        text=summary["model"], marker=dict(color=PALETTE[1], size=10),
-        customdata=summary["bits_per_param"],
-        hovertemplate="%{text}: %{x} params<br>C = %{y:.0f} bits"
-                      "<br>%{customdata:.2f} bits/param<extra></extra>"))
+    symbols = {"FCDNN": "circle", "CNN": "x", "LSTM": "diamond"}
+    for i, (label, d) in enumerate(ours.items()):
+        if d is None or d.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=d["params"], y=d["capacity_bits"], mode="markers", name=f"ours, {label}",
+            text=d["model"], customdata=d["bits_per_param"],
+            marker=dict(color=PALETTE[(i + 1) % len(PALETTE)], size=10,
+                        symbol=symbols.get(label, "circle")),
+            hovertemplate="%{text}: %{x} params<br>C = %{y:.0f} bits"
+                          "<br>%{customdata:.2f} bits/param<extra></extra>"))
     fig.add_trace(go.Scatter(
         x=[m["params"] for m in cnn.values()], y=[m["capacity_bits"] for m in cnn.values()],
         mode="markers", name="paper, CNN (Table 1)", text=[f"CNN {k}" for k in cnn],
@@ -168,10 +178,28 @@ def capacity_vs_params(summary: pd.DataFrame) -> go.Figure:
     rnn_c = reference.value("rnn.bits_per_param") * rnn["params"]
     fig.add_trace(go.Scatter(x=[rnn["params"]], y=[rnn_c], mode="markers",
                              name="paper, LSTM (Sec. 4.3)",
-                             marker=dict(color="#555", symbol="diamond", size=9)))
+                             marker=dict(color="#555", symbol="diamond-open", size=10)))
     return _layout(fig, "Capacity against number of parameters",
                    xaxis=dict(type="log", title="parameters"),
                    yaxis=dict(type="log", title="capacity C (bits)"))
+
+
+def bits_per_param_by_family(rows: pd.DataFrame) -> go.Figure:
+    """Bits per parameter of every measured architecture, grouped by family, with the
+    paper's value of each family as a marker: is FC < CNN < LSTM?"""
+    fig = go.Figure()
+    for i, (family, g) in enumerate(rows.groupby("family", sort=False)):
+        fig.add_trace(go.Box(y=g["bits"], name=family, boxpoints="all", pointpos=0,
+                             jitter=0.3, text=g["model"], marker_color=PALETTE[i],
+                             hovertemplate="%{text}: %{y:.2f} bits/param<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[family], y=[g["paper"].iloc[0]], mode="markers",
+                                 marker=dict(symbol="line-ew-open", size=40, color="#555",
+                                             line=dict(width=3)),
+                                 name="paper" if i == 0 else None, showlegend=i == 0,
+                                 hovertemplate=f"paper: {g['paper'].iloc[0]} bits/param"
+                                               "<extra></extra>"))
+    return _layout(fig, "Bits per parameter by family (conv share for CNNs)",
+                   yaxis=dict(title="bits per parameter", rangemode="tozero"), showlegend=True)
 
 
 def search_ranges(trials: pd.DataFrame) -> go.Figure:

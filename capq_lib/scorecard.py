@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 
 from . import reference
-from .capacity import FCDNN_KIND
+from .capacity import CNN_KIND, FCDNN_KIND, RNN_KIND
 from .channel import KIND as MI_KIND
+from .info import conv_bits_per_parameter
+from .models import CNNSpec
 from .results import ResultsCache
 
 COLUMNS = ["chapter", "claim", "paper says", "source", "we measured", "verdict"]
@@ -133,13 +135,115 @@ def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def summaries(kind: str, profile: str | None = None,
+              cache: ResultsCache | None = None) -> pd.DataFrame:
+    """The newest capacity summary per model of experiment ``kind`` under ``profile``."""
+    df = _latest((cache or ResultsCache()).records(kind), profile)
+    return df.drop_duplicates("model", keep="last").reset_index(drop=True) if len(df) else df
+
+
+def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
+    """Table 1 regenerated: our capacity and conv share beside the paper's, per model.
+
+    The conv share subtracts the FC layer's capacity at 2.3 bits per parameter (the
+    paper's assumption) and, when ``fc_bits`` is given, at our own FCDNN measurement."""
+    ref = reference.paper()["cnn"]["table1"]["models"]
+    t = pd.DataFrame({"model": cnn.model, "params": cnn.params, "conv params": cnn.params_conv,
+                      "capacity (bits)": cnn.capacity_bits,
+                      "conv bits/param (FC at 2.3)": cnn.conv_bits_per_param})
+    if fc_bits is not None:
+        t[f"conv bits/param (FC at our {fc_bits:.2f})"] = [
+            conv_bits_per_parameter(c, f, v, fc_bits)
+            for c, f, v in zip(cnn.capacity_bits, cnn.params_fc, cnn.params_conv, strict=True)]
+    t["paper capacity"] = [ref[m]["capacity_bits"] for m in cnn.model]
+    t["paper conv bits/param"] = [ref[m]["conv_bits_per_param"] for m in cnn.model]
+    t["uses per conv weight"] = [conv_reuse(CNNSpec(m)) for m in cnn.model]
+    return t
+
+
+def conv_reuse(spec: CNNSpec) -> float:
+    """How many multiply-adds each conv weight takes part in per image, on average: the
+    parameter sharing that sets a CNN apart from an FCDNN (where it is exactly 1)."""
+    size, macs, weights = 32, 0, 0
+    convs = iter(spec.convs())
+    for n in spec.blocks():
+        for _ in range(n):
+            i, o = next(convs)
+            w = i * o * spec.kernel**2
+            macs, weights = macs + w * size * size, weights + w
+        size //= 2
+    return macs / weights
+
+
+def cnn_rows(cnn: pd.DataFrame, fc: pd.DataFrame) -> list[dict]:
+    """Sec. 4.2's claims against our CNN summaries."""
+    if cnn.empty:
+        return []
+    ch, bpp = "CNN capacity", cnn.conv_bits_per_param
+    mean_ref = reference.value("cnn.conv_bits_per_param_mean")
+    rows = [_row(ch, "conv bits per parameter (FC share at 2.3), mean over models",
+                 f"{mean_ref}", reference.source("cnn.conv_bits_per_param_mean"),
+                 f"{bpp.mean():.2f} over {', '.join(cnn.model)}",
+                 abs(bpp.mean() - mean_ref) <= 0.5)]
+    if not fc.empty:
+        rows.append(_row(ch, "a conv parameter stores more than an FC parameter",
+                         "3.0 > 2.3", "Sec. 4.2, Fig. 2(b)",
+                         f"{bpp.mean():.2f} vs {fc.bits_per_param.mean():.2f}",
+                         bool(bpp.mean() > fc.bits_per_param.mean())))
+    return rows
+
+
+def rnn_rows(rnn: pd.DataFrame) -> list[dict]:
+    """Sec. 4.3's claims against our LSTM summaries."""
+    if rnn.empty:
+        return []
+    ch, ref = "RNN capacity", reference.value("rnn.bits_per_param")
+    big = rnn.loc[rnn.params.idxmax()]
+    rows = [_row(ch, "bits per parameter of the LSTM", f"{ref} (32 units)",
+                 reference.source("rnn.bits_per_param"),
+                 f"{big.bits_per_param:.2f} ({big.model})",
+                 abs(big.bits_per_param - ref) <= 0.6)]
+    if len(rnn) > 1:
+        lo, hi = rnn.bits_per_param.min(), rnn.bits_per_param.max()
+        rows.append(_row(ch, "bits per parameter does not depend on the LSTM's size",
+                         "fairly independent of model size", "Sec. 1; Sec. 6",
+                         f"{lo:.2f} to {hi:.2f} over {', '.join(rnn.model)}", hi / lo <= 1.25))
+    return rows
+
+
+def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame) -> pd.DataFrame:
+    """Bits per parameter per measured model and family (conv share for CNNs)."""
+    parts = []
+    for name, df, col, ref in (
+            ("FCDNN", fc, "bits_per_param", reference.value("fcdnn.bits_per_param_mean")),
+            ("CNN", cnn, "conv_bits_per_param", reference.value("cnn.conv_bits_per_param_mean")),
+            ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param"))):
+        if not df.empty:
+            parts.append(pd.DataFrame({"family": name, "model": df.model, "bits": df[col],
+                                       "paper": ref}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["family", "model", "bits", "paper"])
+
+
+def ordering_rows(fam: pd.DataFrame) -> list[dict]:
+    """The paper's ordering of families by bits per parameter, FC < CNN < LSTM."""
+    means = fam.groupby("family", sort=False)["bits"].mean()
+    if len(means) < 2:
+        return []
+    order = [f for f in ("FCDNN", "CNN", "LSTM") if f in means]
+    ok = all(means[a] < means[b] for a, b in zip(order, order[1:], strict=False))
+    return [_row("All families", "bits per parameter grows FC < CNN < LSTM", "2.3 < 3.0 < 3.7",
+                 "Sec. 6", " < ".join(f"{f} {means[f]:.2f}" for f in order)
+                 if ok else ", ".join(f"{f} {means[f]:.2f}" for f in order), ok)]
+
+
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()
     check = _latest(cache.records(MI_KIND), profile)
     if not check.empty:
         check["relative_error"] = (check.empirical_mean - check.formula) / check.n_samples
-    fc = _latest(cache.records(FCDNN_KIND), profile)
-    if not fc.empty:  # one record per model: the newest study wins
-        fc = fc.drop_duplicates("model", keep="last")
-    return pd.DataFrame(mi_rows(check) + fcdnn_rows(fc), columns=COLUMNS)
+    fc, cnn, rnn = (summaries(k, profile, cache) for k in (FCDNN_KIND, CNN_KIND, RNN_KIND))
+    rows = mi_rows(check) + fcdnn_rows(fc) + cnn_rows(cnn, fc) + rnn_rows(rnn)
+    rows += ordering_rows(families(fc, cnn, rnn))
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -19,7 +19,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 import pandas as pd
@@ -31,28 +31,28 @@ from . import validate
 from .datasets import check_size
 from .devices import describe, resolve_device
 from .info import mutual_information
-from .models import FCDNNSpec
-from .population import Member, train_fcdnn_population
+from .models import TABLE1, CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec
+from .population import Member, train_members
 from .progress import bar as progress_bar
 from .storage import Heartbeat, Storage, fail_abandoned, mark_claimed
 from .train import SCHEDULES, TrainConfig
 
-EXPERIMENTS = ("fcdnn-capacity",)
 SEED_ATTR = "seeded_from"
 
 
 @dataclass(frozen=True)
-class FCDNNCapacityStudy:
-    """An FCDNN capacity study: which architectures, and how each one's capacity is searched."""
+class CapacityStudy:
+    """How each architecture's capacity is searched; subclasses say which architectures."""
 
-    widths: tuple[int, ...] = (16, 32, 64)
-    depths: tuple[int, ...] = (1, 2)
-    skip: tuple[tuple[int, int], ...] = ()
+    experiment: ClassVar[str] = ""
+    #: fields that pick architectures, not how they are searched
+    selection: ClassVar[tuple[str, ...]] = ()
     profile: str = "custom"
     # training, shared by every trial
     epochs: int = 2000
     batches_per_epoch: int = 8
     schedule: str = "cosine"
+    optimizer: str = "sgd"
     eval_every: int = 25
     population: int = 16
     # stage 1: N grid with one recipe
@@ -77,14 +77,10 @@ class FCDNNCapacityStudy:
             v = getattr(self, f.name)
             if isinstance(v, list):
                 object.__setattr__(self, f.name, tuple(v))
-        for name in ("widths", "depths", "stage1_n_per_param", "stage2_lrs", "stage2_momenta",
+        for name in ("stage1_n_per_param", "stage2_lrs", "stage2_momenta",
                      "stage2_decay_factors", "stage2_n_factors"):
             object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))
-        for w in self.widths:
-            validate.integer("widths", w, lo=1, hi=65536)
-        for d in self.depths:
-            validate.integer("depths", d, lo=1, hi=64)
-        object.__setattr__(self, "skip", tuple(tuple(s) for s in self.skip))
+        self._check_selection()
         validate.integer("population", self.population, lo=1, hi=100000)
         validate.integer("stage3_trials", self.stage3_trials, lo=0, hi=100000)
         validate.number("target_accuracy", self.target_accuracy, lo=0.5, hi=1.0)
@@ -98,9 +94,7 @@ class FCDNNCapacityStudy:
                 raise validate.ConfigError(f"{name} must be [low, high] with low < high")
         validate.number("lr_range", self.lr_range[0], lo=0.0, lo_open=True)
         validate.choice("schedule", self.schedule, SCHEDULES)
-        TrainConfig(epochs=self.epochs, lr=self.stage1_lr, momentum=self.stage1_momentum,
-                    schedule=self.schedule, batches_per_epoch=self.batches_per_epoch,
-                    eval_every=self.eval_every)
+        self.train_config()  # epochs, schedule, optimizer, ... checked as for one net
         for lr in self.stage2_lrs:
             _inside("stage2_lrs", lr, self.lr_range)
         for m in (*self.stage2_momenta, self.stage1_momentum):
@@ -109,12 +103,18 @@ class FCDNNCapacityStudy:
             _inside("stage2_decay_factors", d, self.decay_range)
         _inside("stage1_lr", self.stage1_lr, self.lr_range)
         if not self.specs():
-            raise validate.ConfigError("widths x depths minus skip leaves no architecture")
+            raise validate.ConfigError(f"{', '.join(self.selection)} select no architecture")
         for s in self.searches():
             s.stage1_plan()  # every N must fit its input size: fail before any training
 
+    def _check_selection(self) -> None:
+        raise NotImplementedError
+
+    def specs(self) -> list[ModelSpec]:
+        raise NotImplementedError
+
     @classmethod
-    def from_parameters(cls, **params: Any) -> FCDNNCapacityStudy:
+    def from_parameters(cls, **params: Any) -> CapacityStudy:
         """Build from notebook/profile parameters, refusing names the study does not have."""
         known = {f.name for f in fields(cls)}
         unknown = set(params) - known
@@ -123,21 +123,83 @@ class FCDNNCapacityStudy:
                                        f"known: {', '.join(sorted(known))}")
         return cls(**params)
 
-    def specs(self) -> list[FCDNNSpec]:
-        return [FCDNNSpec(w, d) for d in self.depths for w in self.widths
-                if (w, d) not in self.skip]
-
     def searches(self) -> list[ArchSearch]:
         return [ArchSearch(spec, self) for spec in self.specs()]
 
     def search_config(self) -> dict[str, Any]:
         """What decides a study's trials, apart from the architecture and profile."""
-        skip = {"widths", "depths", "skip", "profile", "population"}
+        skip = {*self.selection, "profile", "population"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, schedule=self.schedule,
-                           batches_per_epoch=self.batches_per_epoch, eval_every=self.eval_every)
+                           batches_per_epoch=self.batches_per_epoch, eval_every=self.eval_every,
+                           optimizer=self.optimizer)
+
+
+@dataclass(frozen=True)
+class FCDNNCapacityStudy(CapacityStudy):
+    """FCDNNs of the given widths and depths (Sec. 4.1)."""
+
+    experiment: ClassVar[str] = "fcdnn-capacity"
+    selection: ClassVar[tuple[str, ...]] = ("widths", "depths", "skip")
+    widths: tuple[int, ...] = (16, 32, 64)
+    depths: tuple[int, ...] = (1, 2)
+    skip: tuple[tuple[int, int], ...] = ()
+
+    def _check_selection(self) -> None:
+        for name in ("widths", "depths"):
+            object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))
+        for w in self.widths:
+            validate.integer("widths", w, lo=1, hi=65536)
+        for d in self.depths:
+            validate.integer("depths", d, lo=1, hi=64)
+        object.__setattr__(self, "skip", tuple(tuple(s) for s in self.skip))
+
+    def specs(self) -> list[ModelSpec]:
+        return [FCDNNSpec(w, d) for d in self.depths for w in self.widths
+                if (w, d) not in self.skip]
+
+
+@dataclass(frozen=True)
+class CNNCapacityStudy(CapacityStudy):
+    """The memorization CNNs of Table 1, by letter (Sec. 4.2)."""
+
+    experiment: ClassVar[str] = "cnn-capacity"
+    selection: ClassVar[tuple[str, ...]] = ("models",)
+    models: tuple[str, ...] = ("A", "D")
+
+    def _check_selection(self) -> None:
+        object.__setattr__(self, "models", validate.non_empty("models", self.models))
+        for m in self.models:
+            validate.choice("models", m, TABLE1)
+
+    def specs(self) -> list[ModelSpec]:
+        return [CNNSpec(m) for m in self.models]
+
+
+@dataclass(frozen=True)
+class RNNCapacityStudy(CapacityStudy):
+    """One-layer LSTM classifiers of the given sizes over ``steps`` inputs (Sec. 4.3)."""
+
+    experiment: ClassVar[str] = "rnn-capacity"
+    selection: ClassVar[tuple[str, ...]] = ("units",)
+    units: tuple[int, ...] = (8, 16)
+    n_in: int = 32
+    steps: int = 5
+
+    def _check_selection(self) -> None:
+        object.__setattr__(self, "units", validate.non_empty("units", self.units))
+        for u in self.units:
+            validate.integer("units", u, lo=1, hi=4096)
+
+    def specs(self) -> list[ModelSpec]:
+        return [LSTMSpec(u, self.n_in, self.steps) for u in self.units]
+
+
+STUDIES: dict[str, type[CapacityStudy]] = {
+    c.experiment: c for c in (FCDNNCapacityStudy, CNNCapacityStudy, RNNCapacityStudy)}
+EXPERIMENTS = tuple(STUDIES)
 
 
 def _inside(name: str, value: float, bounds: tuple[float, float]) -> None:
@@ -162,28 +224,33 @@ class Planned:
 class ArchSearch:
     """The capacity search of one architecture: its studies, plans and bounds."""
 
-    spec: FCDNNSpec
-    study: FCDNNCapacityStudy
+    spec: ModelSpec
+    study: CapacityStudy
 
     @property
     def name(self) -> str:
         blob = json.dumps(self.study.search_config(), sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        return f"fcdnn-capacity/{self.study.profile}/{self.spec.name}/{digest}"
+        return f"{self.study.experiment}/{self.study.profile}/{self.spec.name}/{digest}"
 
     def attrs(self) -> dict[str, Any]:
-        return {"experiment": "fcdnn-capacity", "profile": self.study.profile,
-                "width": self.spec.width, "depth": self.spec.depth,
+        return {"experiment": self.study.experiment, "profile": self.study.profile,
+                "family": type(self.spec).__name__, **asdict(self.spec),
                 "search": self.study.search_config()}
 
+    @property
+    def n_in(self) -> int:
+        """Bits per sample: distinct samples need N < 2^n_in."""
+        return math.prod(self.spec.input_shape)
+
     def check_n(self, n: int) -> int:
-        check_size(n, self.spec.n_in)
+        check_size(n, self.n_in)
         return n
 
     def n_bounds(self) -> tuple[int, int]:
         """The widest N range any stage may use: the stage-1 grid, stretched by half."""
         grid = [_round_n(r * self.spec.n_params) for r in self.study.stage1_n_per_param]
-        hi = min(int(max(grid) * 1.5), 2 ** self.spec.n_in - 1)
+        hi = min(int(max(grid) * 1.5), 2 ** self.n_in - 1)
         return max(1, min(grid)), max(hi, max(grid))
 
     def distributions(self, bounds: dict[str, tuple[float, float]] | None = None) -> dict:
@@ -360,7 +427,7 @@ def run_claim(arch: ArchSearch, claim_: Claim, device: torch.device) -> None:
                for (_, p), s in zip(claim_.trials, seeds, strict=True)]
     storage = claim_.study._storage
     with Heartbeat(storage, [t._trial_id for t, _ in claim_.trials]):
-        out = train_fcdnn_population(arch.spec, members, arch.study.train_config(), device)
+        out = train_members(arch.spec, members, arch.study.train_config(), device)
     where = describe(device)
     for (trial, planned), m, res, seed in zip(claim_.trials, members, out.members, seeds,
                                               strict=True):
@@ -380,7 +447,7 @@ class WorkerReport:
     wall_time_s: float
 
 
-def run_worker(study: FCDNNCapacityStudy, device: str = "auto", storage: str | None = None,
+def run_worker(study: CapacityStudy, device: str = "auto", storage: str | None = None,
                progress: bool = True, poll_s: float = 2.0) -> WorkerReport:
     """Work on every architecture's search until all budgets are met; resumable."""
     dev = resolve_device(device)
@@ -414,6 +481,18 @@ def run_worker(study: FCDNNCapacityStudy, device: str = "auto", storage: str | N
     return WorkerReport(ran, time.perf_counter() - start)
 
 
+def spec_columns(spec: ModelSpec) -> dict[str, Any]:
+    """What tables show of an architecture: its name, parameter counts, family knobs."""
+    out: dict[str, Any] = {"model": spec.name, "params": spec.n_params}
+    if isinstance(spec, FCDNNSpec):
+        out.update(width=spec.width, depth=spec.depth)
+    elif isinstance(spec, CNNSpec):
+        out.update(params_conv=spec.n_params_conv, params_fc=spec.n_params_fc)
+    else:
+        out.update(units=spec.units)
+    return out
+
+
 def arch_trials(arch: ArchSearch, storage: Storage) -> pd.DataFrame:
     """Every finished trial of one architecture, both studies, with its model columns."""
     names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
@@ -425,20 +504,20 @@ def arch_trials(arch: ArchSearch, storage: Storage) -> pd.DataFrame:
     if not frames or all(f.empty for f in frames):
         return pd.DataFrame()
     df = pd.concat([f for f in frames if not f.empty], ignore_index=True)
-    df["model"], df["width"], df["depth"] = arch.spec.name, arch.spec.width, arch.spec.depth
-    df["params"] = arch.spec.n_params
+    for k, v in spec_columns(arch.spec).items():
+        df[k] = v
     df["train_wall_s"] = df["population_wall_s"] / df["population_size"]
     return df
 
 
-def study_trials(study: FCDNNCapacityStudy, storage: str | None = None) -> pd.DataFrame:
+def study_trials(study: CapacityStudy, storage: str | None = None) -> pd.DataFrame:
     store = Storage(storage)
     frames = [arch_trials(a, store) for a in study.searches()]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def bounds_table(study: FCDNNCapacityStudy, storage: str | None = None) -> pd.DataFrame:
+def bounds_table(study: CapacityStudy, storage: str | None = None) -> pd.DataFrame:
     """Stage 3's bounds per architecture, as set by stage 2."""
     store = Storage(storage)
     rows = []

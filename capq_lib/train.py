@@ -1,4 +1,5 @@
-"""Training for memorization: SGD with momentum, a learning-rate schedule, stop when memorized.
+"""Training for memorization: SGD with momentum (or Adam), a learning-rate schedule, and a
+stop as soon as every sample is memorized.
 
 The data live on the device as two tensors and batches are index slices of a shuffled
 permutation, so one step costs a few kernel launches and no host round trip; the host
@@ -19,6 +20,10 @@ from .datasets import MemorizationSet
 from .progress import bar as progress_bar
 
 SCHEDULES = ("cosine", "step", "constant")
+#: SGD with momentum (the paper's choice for FCDNNs) or Adam, whose beta1 is ``momentum``;
+#: the paper lists the optimizer among the hyperparameters its grid search may pick
+OPTIMIZERS = ("sgd", "adam")
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class TrainConfig:
     decay_factor: float = 0.1
     batches_per_epoch: int = 8
     eval_every: int = 25
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         validate.integer("epochs", self.epochs, lo=1)
@@ -41,6 +47,7 @@ class TrainConfig:
         validate.number("decay_factor", self.decay_factor, lo=0.0, hi=1.0, lo_open=True)
         validate.integer("batches_per_epoch", self.batches_per_epoch, lo=1)
         validate.integer("eval_every", self.eval_every, lo=1)
+        validate.choice("optimizer", self.optimizer, OPTIMIZERS)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +132,11 @@ def memorize(model: nn.Module, data: MemorizationSet, config: TrainConfig, seed:
     batch = math.ceil(n / config.batches_per_epoch)
     steps_per_epoch = math.ceil(n / batch)
     total = config.epochs * steps_per_epoch
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr,
+                               betas=(config.momentum, ADAM_BETA2), eps=ADAM_EPS)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     seeds = torch.tensor([seed], device=device)
     sizes = torch.tensor([n], device=device)
     start, step, epoch = time.perf_counter(), 0, 0

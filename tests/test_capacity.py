@@ -1,6 +1,6 @@
 import pytest
 
-from capq_lib.capacity import fcdnn_capacity
+from capq_lib.capacity import measure_capacity
 from capq_lib.info import mutual_information
 from capq_lib.search import FCDNNCapacityStudy
 from capq_lib.validate import ConfigError
@@ -11,7 +11,7 @@ TINY = dict(widths=[12], depths=[1], stage1_n_per_param=[0.5, 1.0, 2.0, 3.0, 5.0
 
 
 def test_capacity_search_finds_an_interior_maximum(cache):
-    result = fcdnn_capacity(FCDNNCapacityStudy(**TINY), device="cpu", cache=cache,
+    result = measure_capacity(FCDNNCapacityStudy(**TINY), device="cpu", cache=cache,
                             progress=False)
     row = result.summary.iloc[0]
     ns = sorted(result.trials.n_samples)
@@ -27,8 +27,8 @@ def test_capacity_search_finds_an_interior_maximum(cache):
 
 def test_second_run_trains_nothing_and_records_the_summary(cache):
     study = FCDNNCapacityStudy(**{**TINY, "epochs": 30, "stage3_trials": 1})
-    first = fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
-    again = fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
+    first = measure_capacity(study, device="cpu", cache=cache, progress=False)
+    again = measure_capacity(study, device="cpu", cache=cache, progress=False)
     assert first.trials.sort_values("number").equals(again.trials.sort_values("number"))
     assert first.summary.capacity_bits.tolist() == again.summary.capacity_bits.tolist()
     records = cache.records("fcdnn-capacity")

@@ -2,7 +2,7 @@ import csv
 import io
 import json
 
-from capq_lib.capacity import fcdnn_capacity
+from capq_lib.capacity import measure_capacity
 from capq_lib.search import FCDNNCapacityStudy
 
 from .conftest import run_capq
@@ -12,7 +12,7 @@ def test_results_json_lists_one_record_per_architecture(cache):
     study = FCDNNCapacityStudy(widths=[10, 12], depths=[1], stage1_n_per_param=[0.5, 1.0],
                                stage2_lrs=[0.3], stage2_momenta=[0.9], stage2_n_factors=[1.0],
                                stage3_trials=1, epochs=10, profile="unit")
-    fcdnn_capacity(study, device="cpu", cache=cache, progress=False)
+    measure_capacity(study, device="cpu", cache=cache, progress=False)
     proc = run_capq("results", "fcdnn-capacity", "--format", "json", "--profile", "unit",
                     results=cache.root)
     assert proc.returncode == 0, proc.stderr
