@@ -1,13 +1,15 @@
 """Population trainer against a per-model loop: model-epochs per second, and their ratio.
 
-(a) loop: what most code does, one nn.Module and one torch.optim.SGD per model, trained one
+(a) loop: what most code does, one nn.Module and one torch.optim per model, trained one
     after another (its rate does not depend on K, so it is measured on a few models);
-(b) population: ``capq_lib.population.train_population`` on K stacked members.
-Both train depth-2 FCDNNs with SGD + momentum and a cosine schedule on N = 8 batches of
-random data, for the same number of epochs. The achieved GFLOP/s of (b) is compared with
-the peak float32 matmul rate measured in the same run.
+(b) population: ``capq_lib.population.train_members`` on K stacked members.
+Both train the same nets (depth-2 FCDNNs; with --family, also Table-1 CNN A and LSTMs)
+with the same optimizer and schedule on N = 8 batches of random data, for the same number
+of epochs. The achieved GFLOP/s of (b) is compared with the peak float32 matmul rate
+measured in the same run.
 
     python benchmarks/population.py [--device cpu|cuda] [--json] [--quick]
+                                    [--family fcdnn|cnn|lstm|all]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from capq_lib.datasets import memorization_set
 from capq_lib.devices import describe, resolve_device
-from capq_lib.models import FCDNNSpec, build_fcdnn
+from capq_lib.models import CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec, build
 from capq_lib.population import Member, stack_memorization_sets, train_members
 from capq_lib.train import TrainConfig, memorize
 
@@ -52,36 +54,52 @@ def peak_matmul_gflops(device: torch.device) -> float:
     return best
 
 
-def flops_per_model_epoch(spec: FCDNNSpec, n: int) -> float:
-    """Forward 2, backward 4 flops per multiply-add of the weight matrices, per sample."""
-    macs = spec.depth * spec.width**2 + spec.width * spec.n_classes
-    return 6.0 * macs * n
+def macs_per_sample(spec: ModelSpec) -> float:
+    """Multiply-adds of one forward pass through the weights."""
+    if isinstance(spec, FCDNNSpec):
+        return spec.depth * spec.width**2 + spec.width * spec.n_classes
+    if isinstance(spec, CNNSpec):
+        size, macs, convs = 32, 0, iter(spec.convs())
+        for n in spec.blocks():
+            for _ in range(n):
+                i, o = next(convs)
+                macs += i * o * spec.kernel**2 * size * size
+            size //= 2
+        return macs + spec.features * spec.n_classes
+    return spec.steps * 4 * spec.units * (spec.n_in + spec.units) + spec.units * spec.n_classes
 
 
-def loop_rate(spec: FCDNNSpec, batch: int, epochs: int, device: torch.device,
-              models: int = 4) -> float:
+def flops_per_model_epoch(spec: ModelSpec, n: int) -> float:
+    """Forward 2, backward 4 flops per multiply-add of the weights, per sample."""
+    return 6.0 * macs_per_sample(spec) * n
+
+
+def loop_rate(spec: ModelSpec, batch: int, epochs: int, device: torch.device,
+              models: int = 4, optimizer: str = "sgd") -> float:
     """Model-epochs per second of one nn.Module + torch.optim trained after another."""
     n = batch * BATCHES_PER_EPOCH
-    data = memorization_set(n, spec.n_in, 0).to(device)
-    config = TrainConfig(epochs=epochs, lr=0.01, eval_every=10**9)
-    memorize(build_fcdnn(spec, 99).to(device), data, TrainConfig(epochs=1, eval_every=10**9))
+    shape = spec.input_shape
+    data = memorization_set(n, math.prod(shape), 0, shape).to(device)
+    config = TrainConfig(epochs=epochs, lr=0.01, eval_every=10**9, optimizer=optimizer)
+    memorize(build(spec, 99).to(device), data,
+             TrainConfig(epochs=1, eval_every=10**9, optimizer=optimizer))
     sync(device)
     start = time.perf_counter()
     for seed in range(models):
-        memorize(build_fcdnn(spec, seed).to(device), data, config, seed=seed)
+        memorize(build(spec, seed).to(device), data, config, seed=seed)
     sync(device)
     return models * epochs / (time.perf_counter() - start)
 
 
-def population_rate(spec: FCDNNSpec, k: int, batch: int, epochs: int,
-                    device: torch.device) -> float:
+def population_rate(spec: ModelSpec, k: int, batch: int, epochs: int,
+                    device: torch.device, optimizer: str = "sgd") -> float:
     """Model-epochs per second of K members trained as one population."""
     n = batch * BATCHES_PER_EPOCH
     members = [Member(n, 0.01, 0.9, 0.1, s, s) for s in range(k)]
     data = stack_memorization_sets(members, spec.input_shape, device)
-    shared = TrainConfig(epochs=epochs, eval_every=10**9)
-    train_members(spec, members, TrainConfig(epochs=1, eval_every=10**9), device,
-                           data=data)
+    shared = TrainConfig(epochs=epochs, eval_every=10**9, optimizer=optimizer)
+    train_members(spec, members, TrainConfig(epochs=1, eval_every=10**9, optimizer=optimizer),
+                  device, data=data)
     sync(device)
     start = time.perf_counter()
     out = train_members(spec, members, shared, device, data=data)
@@ -89,23 +107,24 @@ def population_rate(spec: FCDNNSpec, k: int, batch: int, epochs: int,
     return out.model_epochs / (time.perf_counter() - start)
 
 
-def run(device: torch.device, ks: list[int], widths: list[int], batches: list[int],
-        budget_s: float) -> list[dict]:
-    peak = peak_matmul_gflops(device)
+def run(device: torch.device, ks: list[int], specs: list[ModelSpec], batches: list[int],
+        budget_s: float, optimizer: str = "sgd", peak: float | None = None) -> list[dict]:
+    peak = peak or peak_matmul_gflops(device)
     rows = []
-    for width in widths:
-        spec = FCDNNSpec(width, 2)
+    for spec in specs:
+        width = getattr(spec, "width", None)
         for batch in batches:
             n = batch * BATCHES_PER_EPOCH
-            probe = loop_rate(spec, batch, 2, device, models=1)
-            loop_epochs = max(2, math.ceil(budget_s * probe / 4))
-            loop = loop_rate(spec, batch, loop_epochs, device)
+            probe = loop_rate(spec, batch, 1, device, models=1, optimizer=optimizer)
+            loop_epochs = max(1, math.ceil(budget_s * probe / 4))
+            loop = loop_rate(spec, batch, loop_epochs, device, optimizer=optimizer)
             for k in ks:
-                probe = population_rate(spec, k, batch, 3, device)
-                pop_epochs = min(400, max(3, math.ceil(budget_s * probe / k)))
-                pop = population_rate(spec, k, batch, pop_epochs, device)
+                probe = population_rate(spec, k, batch, 1, device, optimizer)
+                pop_epochs = min(400, max(2, math.ceil(budget_s * probe / k)))
+                pop = population_rate(spec, k, batch, pop_epochs, device, optimizer)
                 gflops = pop * flops_per_model_epoch(spec, n) / 1e9
-                rows.append({"device": describe(device), "k": k, "width": width, "depth": 2,
+                rows.append({"device": describe(device), "model": spec.name,
+                             "optimizer": optimizer, "k": k, "width": width,
                              "batch": batch, "n_samples": n,
                              "loop_model_epochs_per_s": round(loop, 2),
                              "population_model_epochs_per_s": round(pop, 2),
@@ -113,15 +132,15 @@ def run(device: torch.device, ks: list[int], widths: list[int], batches: list[in
                              "population_gflops": round(gflops, 2),
                              "peak_matmul_gflops": round(peak, 1),
                              "peak_fraction": round(gflops / peak, 3)})
-                print(f"# k={k:4d} width={width} batch={batch:5d} loop={loop:9.1f} "
+                print(f"# {spec.name:6s} k={k:4d} batch={batch:5d} loop={loop:9.1f} "
                       f"pop={pop:10.1f} ratio={pop / loop:7.1f} {gflops:8.1f} GFLOP/s "
                       f"({gflops / peak:.0%} of {peak:.0f})", file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = ("k", "width", "batch", "loop_model_epochs_per_s", "population_model_epochs_per_s",
-            "ratio", "population_gflops", "peak_fraction")
+    head = ("model", "optimizer", "k", "batch", "loop_model_epochs_per_s",
+            "population_model_epochs_per_s", "ratio", "population_gflops", "peak_fraction")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
     return "\n".join(lines)
@@ -133,13 +152,24 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON records, not a table")
     ap.add_argument("--quick", action="store_true", help="the three cells the targets name")
     ap.add_argument("--budget-s", type=float, default=1.5, help="seconds per measurement")
+    ap.add_argument("--family", choices=("fcdnn", "cnn", "lstm", "all"), default="fcdnn")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    if args.quick:
-        rows = run(device, [32], [32], [256], args.budget_s)
-        rows += run(device, [8, 32, 128], [64], [1024], args.budget_s)
-    else:
-        rows = run(device, [8, 32, 128], [32, 64], [64, 256, 1024], args.budget_s)
+    peak = peak_matmul_gflops(device)
+    fams = ("fcdnn", "cnn", "lstm") if args.family == "all" else (args.family,)
+    rows = []
+    if "fcdnn" in fams and args.quick:
+        rows += run(device, [32], [FCDNNSpec(32, 2)], [256], args.budget_s, peak=peak)
+        rows += run(device, [8, 32, 128], [FCDNNSpec(64, 2)], [1024], args.budget_s, peak=peak)
+    elif "fcdnn" in fams:
+        rows += run(device, [8, 32, 128], [FCDNNSpec(32, 2), FCDNNSpec(64, 2)],
+                    [64, 256, 1024], args.budget_s, peak=peak)
+    if "cnn" in fams:  # CNNs memorize with Adam (see the CNN chapter); conv is costlier
+        ks = [4, 8] if device.type == "cpu" else [8, 32, 128]
+        rows += run(device, ks, [CNNSpec("A")], [64, 256], args.budget_s, "adam", peak)
+    if "lstm" in fams:
+        rows += run(device, [8, 32, 128], [LSTMSpec(16), LSTMSpec(32)], [64, 256],
+                    args.budget_s, "adam", peak)
     print(json.dumps(rows, indent=1) if args.json else
           f"device: {rows[0]['device']}, peak float32 matmul "
           f"{rows[0]['peak_matmul_gflops']} GFLOP/s\n" + table(rows))

@@ -223,3 +223,17 @@ def search_ranges(trials: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Where the capacity was found: bits per parameter of every trial",
                    xaxis=dict(type="log", title="initial learning rate"),
                    yaxis=dict(title="I / parameters (bits)", rangemode="tozero"))
+
+
+def bits_vs_size(summary: pd.DataFrame, paper: float, by: str = "units") -> go.Figure:
+    """Bits per parameter against model size: flat if capacity is proportional to size."""
+    fig = go.Figure(go.Scatter(
+        x=summary["params"], y=summary["bits_per_param"], mode="lines+markers+text",
+        text=summary["model"], textposition="top center", name="ours",
+        marker=dict(size=10, color=PALETTE[1]),
+        hovertemplate="%{text}: %{x} params, %{y:.2f} bits/param<extra></extra>"))
+    fig.add_hline(y=paper, line_dash="dash", line_color="#555",
+                  annotation_text=f"paper: {paper} bits/param", annotation_position="bottom right")
+    return _layout(fig, "Bits per parameter against size",
+                   xaxis=dict(type="log", title="parameters"),
+                   yaxis=dict(title="bits per parameter", rangemode="tozero"))

@@ -193,6 +193,14 @@ def cnn_rows(cnn: pd.DataFrame, fc: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def rnn_table(rnn: pd.DataFrame) -> pd.DataFrame:
+    """Our LSTMs beside the paper's 32-unit one (Sec. 4.3)."""
+    t = rnn[["model", "units", "params", "n_at_max", "p_at_max", "capacity_bits",
+             "bits_per_param"]].copy()
+    t["paper bits/param"] = reference.value("rnn.bits_per_param")
+    return t
+
+
 def rnn_rows(rnn: pd.DataFrame) -> list[dict]:
     """Sec. 4.3's claims against our LSTM summaries."""
     if rnn.empty:

@@ -114,6 +114,11 @@ class CapacityStudy:
         raise NotImplementedError
 
     @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> CapacityStudy:
+        """Build from a notebook's parameters: every study field found in ``namespace``."""
+        return cls(**{f.name: namespace[f.name] for f in fields(cls) if f.name in namespace})
+
+    @classmethod
     def from_parameters(cls, **params: Any) -> CapacityStudy:
         """Build from notebook/profile parameters, refusing names the study does not have."""
         known = {f.name for f in fields(cls)}

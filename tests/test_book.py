@@ -9,7 +9,8 @@ import pytest
 
 from .conftest import ROOT, run_capq
 
-CHAPTERS = {"intro": 0, "mutual-information": 2, "fcdnn-capacity": 4}
+CHAPTERS = {"intro": 0, "mutual-information": 2, "fcdnn-capacity": 5, "cnn-capacity": 2,
+            "rnn-capacity": 3}
 
 
 def git_status() -> str:
@@ -57,7 +58,8 @@ def test_a_failing_notebook_shows_its_error_and_the_others_still_run(tmp_path):
     assert "notebook(s) failed: fcdnn-capacity" in proc.stderr
     report = {n["chapter"]: n["status"] for n in json.loads(
         (tmp_path / "_build" / "build-report.json").read_text())["notebooks"]}
-    assert report == {"mutual-information": "ok", "fcdnn-capacity": "failed", "intro": "ok"}
+    assert report == {"mutual-information": "ok", "fcdnn-capacity": "failed", "intro": "ok",
+                      "cnn-capacity": "ok", "rnn-capacity": "ok"}
     executed = nbformat.read(tmp_path / "_build" / "stage" / "book" / "fcdnn-capacity.ipynb", 4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.output_type == "error"]

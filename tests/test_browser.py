@@ -78,7 +78,8 @@ def test_fcdnn_page_renders_its_figures_and_stays_on_the_machine(browser, site):
     page.close()
 
 
-@pytest.mark.parametrize("path", ["book/intro.html", "book/mutual-information.html"])
+@pytest.mark.parametrize("path", ["book/intro.html", "book/mutual-information.html",
+                                  "book/cnn-capacity.html", "book/rnn-capacity.html"])
 def test_other_pages_make_no_outside_requests(browser, site, path):
     page, requests = visit(browser, f"{site}/{path}")
     assert outside(requests) == []

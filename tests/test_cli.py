@@ -2,6 +2,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from capq_lib.capacity import measure_capacity
 from capq_lib.search import FCDNNCapacityStudy
 
@@ -42,3 +44,26 @@ def test_unknown_profile_on_the_command_line(cache, tmp_path):
                     results=cache.root)
     assert proc.returncode == 2
     assert "profile must be one of" in proc.stderr
+
+
+def test_cnn_and_rnn_results_carry_their_fields(cache):
+    from capq_lib.search import CNNCapacityStudy, RNNCapacityStudy
+
+    small = dict(epochs=2, population=2, stage2_lrs=[0.003], stage2_momenta=[0.9],
+                 stage2_n_factors=[1.0], stage3_trials=0, profile="unit")
+    measure_capacity(CNNCapacityStudy(models=["A"], stage1_n_per_param=[0.02, 0.05],
+                                      **small), device="cpu", cache=cache, progress=False)
+    measure_capacity(RNNCapacityStudy(units=[4], stage1_n_per_param=[0.2, 0.5], **small),
+                     device="cpu", cache=cache, progress=False)
+    for name, fields in (("cnn-capacity", ("params_conv", "conv_bits_per_param")),
+                         ("rnn-capacity", ("units",))):
+        proc = run_capq("results", name, "--profile", "unit", results=cache.root)
+        assert proc.returncode == 0, proc.stderr
+        (record,) = json.loads(proc.stdout)
+        for field in ("model", "params", "capacity_bits", "bits_per_param", "n_at_max",
+                      "p_at_max", *fields):
+            assert field in record
+    cnn = json.loads(run_capq("results", "cnn-capacity", results=cache.root).stdout)[0]
+    assert cnn["model"] == "A" and cnn["params"] == 2018 and cnn["params_conv"] == 1504
+    assert cnn["conv_bits_per_param"] == pytest.approx(
+        (cnn["capacity_bits"] - 2.3 * 514) / 1504)

@@ -34,3 +34,14 @@ def test_full_enumeration_edge():
 def test_too_many_samples_for_the_input_size_is_refused(n, n_in):
     with pytest.raises(ConfigError, match=r"n_samples=.*n_in"):
         memorization_set(n, n_in)
+
+
+def test_images_and_sequences_are_reshaped_distinct_binary_vectors():
+    images = memorization_set(300, 1024, seed=2, shape=(1, 32, 32))
+    assert images.x.shape == (300, 1, 32, 32)
+    assert len(np.unique(images.x.flatten(1).numpy(), axis=0)) == 300
+    seqs = memorization_set(300, 160, seed=2, shape=(5, 32))
+    assert seqs.x.shape == (300, 5, 32) and set(seqs.x.unique().tolist()) == {0.0, 1.0}
+    assert len(np.unique(seqs.x.flatten(1).numpy(), axis=0)) == 300
+    with pytest.raises(ConfigError, match="does not hold n_in=100"):
+        memorization_set(10, 100, shape=(5, 32))

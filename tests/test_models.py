@@ -32,3 +32,71 @@ def test_seeded_init_is_reproducible():
 def test_bad_architecture_names_the_parameter(kwargs, name):
     with pytest.raises(ConfigError, match=rf"^{name} must be an integer in \[1, \d+\]"):
         FCDNNSpec(**kwargs)
+
+
+@pytest.mark.parametrize("model,params,conv", [
+    ("A", 2018, 1504), ("B", 4642, 4128), ("C", 13070, 12556), ("D", 5070, 4556),
+    ("E", 19066, 18040), ("F", 31218, 30192)])
+def test_table1_parameter_counts(model, params, conv):
+    from capq_lib.models import CNNSpec, build_cnn
+
+    spec = CNNSpec(model)
+    assert (spec.n_params, spec.n_params_conv) == (params, conv)
+    net = build_cnn(spec)
+    assert count_parameters(net) == params
+    assert sum(p.numel() for p in net.convs.parameters()) == conv
+    assert net(torch.zeros(3, 1, 32, 32)).shape == (3, 2)
+
+
+def test_table1_pooling_halves_the_map_three_times():
+    from capq_lib.models import same_max_pool
+
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32)
+    sizes = []
+    for _ in range(3):
+        x = same_max_pool(x)
+        sizes.append(x.shape[-1])
+    assert sizes == [16, 8, 4]
+    # 'same' as TensorFlow: the window at (0, 0) covers rows and columns 0-2
+    assert same_max_pool(torch.arange(16.0).view(1, 1, 4, 4))[0, 0, 0, 0] == 10.0
+
+
+@pytest.mark.parametrize("units,expected", [(32, 8386), (16, 3170), (8, 1330)])
+def test_lstm_parameter_counts_one_bias_per_gate(units, expected):
+    from capq_lib.models import LSTMSpec, build_lstm
+
+    spec = LSTMSpec(units)
+    assert spec.n_params == expected == count_parameters(build_lstm(spec))
+    # nn.LSTM keeps two biases per gate: 4 * units more
+    ref = torch.nn.LSTM(32, units)
+    assert count_parameters(ref) + 2 * units + 2 == expected + 4 * units
+
+
+def test_lstm_cell_matches_torch_lstm():
+    from capq_lib.models import LSTMSpec, build_lstm
+
+    net = build_lstm(LSTMSpec(6, 4, 3), seed=1)
+    ref = torch.nn.LSTM(4, 6, batch_first=True)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(net.w_ih)
+        ref.weight_hh_l0.copy_(net.w_hh)
+        ref.bias_ih_l0.copy_(net.bias)
+        ref.bias_hh_l0.zero_()
+    x = torch.rand(5, 3, 4)
+    h = ref(x)[0][:, -1]
+    torch.testing.assert_close(net(x), net.output(h))
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(units=0), "units"), (dict(steps=0), "steps")])
+def test_bad_lstm_names_the_parameter(kwargs, name):
+    from capq_lib.models import LSTMSpec
+
+    with pytest.raises(ConfigError, match=rf"^{name} must be an integer"):
+        LSTMSpec(**kwargs)
+
+
+def test_unknown_cnn_names_the_parameter():
+    from capq_lib.models import CNNSpec
+
+    with pytest.raises(ConfigError, match=r"^model must be one of 'A', 'B'"):
+        CNNSpec("G")
