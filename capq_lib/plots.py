@@ -151,7 +151,8 @@ def capacity_vs_params(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | 
     mean = reference.value("fcdnn.bits_per_param_mean")
     cnn = reference.paper()["cnn"]["table1"]["models"]
     rnn = reference.value("rnn.model")
-    ours = {"FCDNN": summary, **(others or {})}
+    ours = {k: d for k, d in {"FCDNN": summary, **(others or {})}.items()
+            if d is not None and len(d)}
     xs = np.array([*[p for d in ours.values() for p in d["params"]],
                    *[m["params"] for m in cnn.values()], rnn["params"]])
     grid = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 50)
@@ -162,8 +163,6 @@ def capacity_vs_params(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | 
                              line=dict(color="#1f77b4", dash="dash")))
     symbols = {"FCDNN": "circle", "CNN": "x", "LSTM": "diamond"}
     for i, (label, d) in enumerate(ours.items()):
-        if d is None or d.empty:
-            continue
         fig.add_trace(go.Scatter(
             x=d["params"], y=d["capacity_bits"], mode="markers", name=f"ours, {label}",
             text=d["model"], customdata=d["bits_per_param"],
