@@ -134,7 +134,8 @@ def capacity_regions(curve: pd.DataFrame, model: str) -> go.Figure:
     fig.add_trace(go.Scatter(x=c["n_samples"], y=c["accuracy"], name="accuracy p",
                              mode="lines+markers", yaxis="y2",
                              line=dict(color=PALETTE[1], dash="dot")))
-    return _layout(fig, f"Mutual information and accuracy against N, FCDNN {model}",
+    label = f"FCDNN {model}" if model[:1].isdigit() else model
+    return _layout(fig, f"Mutual information and accuracy against N, {label}",
                    xaxis=dict(type="log", title="number of samples N"),
                    yaxis=dict(title="I (bits)", rangemode="tozero"),
                    yaxis2=dict(title="accuracy p", overlaying="y", side="right",
@@ -232,7 +233,7 @@ def bits_vs_size(summary: pd.DataFrame, paper: float, by: str = "units") -> go.F
         marker=dict(size=10, color=PALETTE[1]),
         hovertemplate="%{text}: %{x} params, %{y:.2f} bits/param<extra></extra>"))
     fig.add_hline(y=paper, line_dash="dash", line_color="#555",
-                  annotation_text=f"paper: {paper} bits/param", annotation_position="bottom right")
+                  annotation_text=f"paper: {paper} bits/param", annotation_position="top left")
     return _layout(fig, "Bits per parameter against size",
                    xaxis=dict(type="log", title="parameters"),
                    yaxis=dict(title="bits per parameter", rangemode="tozero"))

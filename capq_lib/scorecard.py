@@ -149,7 +149,7 @@ def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
     paper's assumption) and, when ``fc_bits`` is given, at our own FCDNN measurement."""
     ref = reference.paper()["cnn"]["table1"]["models"]
     t = pd.DataFrame({"model": cnn.model, "params": cnn.params, "conv params": cnn.params_conv,
-                      "capacity (bits)": cnn.capacity_bits,
+                      "capacity (bits)": cnn.capacity_bits.round().astype(int),
                       "conv bits/param (FC at 2.3)": cnn.conv_bits_per_param})
     if fc_bits is not None:
         t[f"conv bits/param (FC at our {fc_bits:.2f})"] = [
@@ -157,8 +157,8 @@ def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
             for c, f, v in zip(cnn.capacity_bits, cnn.params_fc, cnn.params_conv, strict=True)]
     t["paper capacity"] = [ref[m]["capacity_bits"] for m in cnn.model]
     t["paper conv bits/param"] = [ref[m]["conv_bits_per_param"] for m in cnn.model]
-    t["uses per conv weight"] = [conv_reuse(CNNSpec(m)) for m in cnn.model]
-    return t
+    t["uses per conv weight"] = [round(conv_reuse(CNNSpec(m))) for m in cnn.model]
+    return t.round(2)
 
 
 def conv_reuse(spec: CNNSpec) -> float:
@@ -198,7 +198,8 @@ def rnn_table(rnn: pd.DataFrame) -> pd.DataFrame:
     t = rnn[["model", "units", "params", "n_at_max", "p_at_max", "capacity_bits",
              "bits_per_param"]].copy()
     t["paper bits/param"] = reference.value("rnn.bits_per_param")
-    return t
+    t["capacity_bits"] = t.capacity_bits.round().astype(int)
+    return t.round({"p_at_max": 4, "bits_per_param": 2})
 
 
 def rnn_rows(rnn: pd.DataFrame) -> list[dict]:
