@@ -49,7 +49,8 @@ class CapacityStudy:
     selection: ClassVar[tuple[str, ...]] = ()
     profile: str = "custom"
     # training, shared by every trial
-    epochs: int = 2000
+    #: an int, or per model name ({"A": 300, "D": 200}) where sizes differ a lot in cost
+    epochs: int | dict[str, int] = 2000
     batches_per_epoch: int = 8
     schedule: str = "cosine"
     optimizer: str = "sgd"
@@ -94,7 +95,14 @@ class CapacityStudy:
                 raise validate.ConfigError(f"{name} must be [low, high] with low < high")
         validate.number("lr_range", self.lr_range[0], lo=0.0, lo_open=True)
         validate.choice("schedule", self.schedule, SCHEDULES)
-        self.train_config()  # epochs, schedule, optimizer, ... checked as for one net
+        if isinstance(self.epochs, dict):
+            names = {s.name for s in self.specs()}
+            if set(self.epochs) != names:
+                raise validate.ConfigError(
+                    f"epochs must be an integer or give every model its epochs; models: "
+                    f"{', '.join(sorted(names))}, got {sorted(self.epochs)}")
+        for spec in self.specs():  # epochs, schedule, optimizer, ... checked as for one net
+            self.train_config(spec.name)
         for lr in self.stage2_lrs:
             _inside("stage2_lrs", lr, self.lr_range)
         for m in (*self.stage2_momenta, self.stage1_momentum):
@@ -136,8 +144,9 @@ class CapacityStudy:
         skip = {*self.selection, "profile", "population"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, schedule=self.schedule,
+    def train_config(self, model: str | None = None) -> TrainConfig:
+        epochs = self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
+        return TrainConfig(epochs=epochs, schedule=self.schedule,
                            batches_per_epoch=self.batches_per_epoch, eval_every=self.eval_every,
                            optimizer=self.optimizer)
 
@@ -432,7 +441,7 @@ def run_claim(arch: ArchSearch, claim_: Claim, device: torch.device) -> None:
                for (_, p), s in zip(claim_.trials, seeds, strict=True)]
     storage = claim_.study._storage
     with Heartbeat(storage, [t._trial_id for t, _ in claim_.trials]):
-        out = train_members(arch.spec, members, arch.study.train_config(), device)
+        out = train_members(arch.spec, members, arch.study.train_config(arch.spec.name), device)
     where = describe(device)
     for (trial, planned), m, res, seed in zip(claim_.trials, members, out.members, seeds,
                                               strict=True):

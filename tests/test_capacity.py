@@ -55,3 +55,12 @@ def test_bad_study_names_the_parameter(kwargs, name):
 def test_unknown_study_parameter_is_refused():
     with pytest.raises(ConfigError, match=r"unknown study parameter\(s\) \['widht'\]"):
         FCDNNCapacityStudy.from_parameters(widht=[3])
+
+
+def test_epochs_per_model_must_name_every_model():
+    from capq_lib.search import CNNCapacityStudy
+
+    study = CNNCapacityStudy(models=["A", "D"], epochs={"A": 30, "D": 20})
+    assert study.train_config("A").epochs == 30 and study.train_config("D").epochs == 20
+    with pytest.raises(ConfigError, match=r"^epochs must be an integer or give every model"):
+        CNNCapacityStudy(models=["A", "D"], epochs={"A": 30})
