@@ -20,6 +20,9 @@ EXPERIMENTS = {
     "rnn-capacity": "capacity of one LSTM classifier",
     "memorization-trial": "one trained net: config, accuracy p and I",
     "mi-check": "Eq. (1) against the plug-in estimate, one record per N and p",
+    "quantization": "one trained net at one bit width: family, model, n_samples, "
+                    "capacity_fraction, bits (null for float), step_rule, retrained, accuracy, "
+                    "mutual_info",
 }
 
 
@@ -29,9 +32,12 @@ def result_rows(name: str, profile: str | None = None) -> list[dict]:
         raise ConfigError(f"NAME must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
     rows = []
     for record in ResultsCache().records(name):
-        row = {**record["result"], "provenance": record["provenance"]}
-        if profile is None or row.get("profile") == profile:
-            rows.append(row)
+        res = record["result"]
+        # a record may hold many rows (a quantization unit: every seed and bit width)
+        for r in res.get("rows", [res]):
+            row = {**r, "profile": res.get("profile"), "provenance": record["provenance"]}
+            if profile is None or row.get("profile") == profile:
+                rows.append(row)
     return rows
 
 
@@ -70,6 +76,19 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def advise_command(args: argparse.Namespace) -> int:
+    """Recommend bits per weight from the quantization chapter's measurements."""
+    from .advise import advise, measured
+
+    advice = advise(args.family, args.params, args.samples, measured(args.profile))
+    print(advice.text())
+    print("evidence:")
+    cols = ["model", "params", "n_samples", "data_per_param", "float_accuracy",
+            "fewest_lossless_bits"]
+    print(advice.evidence[cols].to_string(index=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="capq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"capq {__version__}")
@@ -103,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default=None, help="only records made under this profile")
     r.add_argument("--format", choices=("json", "csv"), default="json")
 
+    a = sub.add_parser("advise", help="recommend bits per weight from measured quantization")
+    a.add_argument("--family", required=True, help="fc, cnn or rnn")
+    a.add_argument("--params", required=True, type=int, help="the net's parameter count P")
+    a.add_argument("--samples", required=True, type=int, help="samples N it must hold")
+    a.add_argument("--profile", default=None,
+                   help="use measurements of this profile only (default: all)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -120,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return sweep(args)
+        if args.command == "advise":
+            return advise_command(args)
         print(format_rows(result_rows(args.name, args.profile), args.format), end="\n")
         return 0
     except ConfigError as err:

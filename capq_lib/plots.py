@@ -237,3 +237,85 @@ def bits_vs_size(summary: pd.DataFrame, paper: float, by: str = "units") -> go.F
     return _layout(fig, "Bits per parameter against size",
                    xaxis=dict(type="log", title="parameters"),
                    yaxis=dict(title="bits per parameter", rangemode="tozero"))
+
+
+# --- Capacity under quantization -------------------------------------------------------------
+
+def _bits_axis(bits: list[int]) -> list[str]:
+    """Category labels left to right: float, then fewer and fewer bits (as the paper plots)."""
+    return ["float"] + [str(b) for b in sorted(bits, reverse=True)]
+
+
+def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
+                        start_bits: int = 6) -> go.Figure:
+    """Left: accuracy against bit width, one line per ``group`` value. Right: every group's
+    accuracy at the width the slider picks, with the share of its float I kept; the slider
+    shows one precomputed trace set per width, so it works in the static book.
+
+    ``q`` holds one row per group and bit width: ``accuracy``, ``float_accuracy``,
+    ``mutual_info``, ``float_mi`` (``precision.accuracy_by_bits``)."""
+    from plotly.subplots import make_subplots
+
+    bits = sorted((int(b) for b in q["bits"].unique()), reverse=True)
+    groups = list(dict.fromkeys(q[group]))
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+                        subplot_titles=("accuracy against bits",
+                                        "at the slider's bit width"))
+    for i, g in enumerate(groups):
+        d = q[q[group] == g].sort_values("bits", ascending=False)
+        fig.add_trace(go.Scatter(
+            x=_bits_axis(bits), y=[d.float_accuracy.iloc[0], *d.accuracy],
+            mode="lines+markers", name=f"{label} {g}".strip(), legendgroup=str(g),
+            line=dict(color=PALETTE[i % len(PALETTE)]),
+            hovertemplate=f"{label} {g}, " + "%{x} bits: p = %{y:.4f}<extra></extra>"),
+            row=1, col=1)
+    n_lines = len(groups)
+    for b in bits:
+        d = q[q.bits == b].set_index(group).loc[groups]
+        kept = 100 * d.mutual_info / d.float_mi.where(d.float_mi > 0)
+        fig.add_trace(go.Scatter(
+            x=[str(b)] * len(groups), y=d.accuracy, mode="markers", showlegend=False,
+            marker=dict(size=14, symbol="circle-open", color="#111", line=dict(width=2)),
+            visible=bool(b == start_bits), hoverinfo="skip"), row=1, col=1)
+        fig.add_trace(go.Bar(
+            x=[f"{label} {g}".strip() for g in groups], y=d.accuracy, showlegend=False,
+            marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(groups))],
+            text=[f"{k:.0f}% of I" if k == k else "" for k in kept], textposition="outside",
+            customdata=np.c_[d.float_accuracy, d.mutual_info],
+            hovertemplate=(f"{b} bits: " + "p = %{y:.4f} (float %{customdata[0]:.4f})"
+                           "<br>I = %{customdata[1]:.0f} bits<extra></extra>"),
+            visible=bool(b == start_bits)), row=1, col=2)
+    steps = []
+    for j, b in enumerate(bits):
+        vis = [True] * n_lines + [bool(k // 2 == j) for k in range(2 * len(bits))]
+        steps.append(dict(method="update", label=str(b), args=[{"visible": vis}]))
+    active = bits.index(start_bits) if start_bits in bits else 0
+    if start_bits not in bits:
+        for k, tr in enumerate(fig.data[n_lines:]):
+            tr.visible = k // 2 == 0
+    fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
+                                    currentvalue=dict(prefix="bits per weight: "))])
+    fig.update_yaxes(title_text="training accuracy p", range=[0.45, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[0.45, 1.1], row=1, col=2)
+    fig.update_xaxes(title_text="bits per weight", type="category", row=1, col=1)
+    return _layout(fig, title, height=480)
+
+
+def lossless_bits_by_ratio(table: pd.DataFrame, paper: dict[str, int]) -> go.Figure:
+    """Fewest lossless bits against data per parameter, one line per family, the paper's
+    full-capacity values as dashed levels: the advisor's evidence."""
+    fig = go.Figure()
+    for i, (family, g) in enumerate(table.groupby("family", sort=False)):
+        g = g.sort_values("data_per_param")
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(
+            x=g.data_per_param, y=g.fewest_lossless_bits, mode="lines+markers", name=family,
+            line=dict(color=color, shape="hv"), text=g.model,
+            hovertemplate="%{text}: N/P = %{x:.2f}, %{y} bits<extra>" + family + "</extra>"))
+        if family in paper:
+            fig.add_hline(y=paper[family], line_dash="dash", line_color=color,
+                          annotation_text=f"paper, {family} at capacity: {paper[family]}",
+                          annotation_position="top left")
+    return _layout(fig, "Fewest bits without loss against samples per parameter",
+                   xaxis=dict(title="samples per parameter N / P"),
+                   yaxis=dict(title="fewest lossless bits", rangemode="tozero"))

@@ -41,6 +41,7 @@ from .models import (
     same_max_pool,
 )
 from .progress import bar as progress_bar
+from .quantize import QuantConfig, fake_quantize, quantized_names, step_size
 from .train import ADAM_BETA2, ADAM_EPS, TrainConfig, epoch_order, learning_rate
 
 
@@ -81,9 +82,22 @@ class StackedModel:
         self.names = [n for n, _ in nets[0].named_parameters()]
         self.params = [torch.stack([dict(net.named_parameters())[n].detach() for net in nets])
                        .to(device).requires_grad_() for n in self.names]
+        #: weights the forward pass sees quantized: name -> (step per member, bits)
+        self.fake_quant: dict[str, tuple[torch.Tensor, int]] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.params[self.names.index(name)]
+        p = self.params[self.names.index(name)]
+        fq = self.fake_quant.get(name)
+        return p if fq is None else fake_quantize(p, *fq)
+
+    def quantize_weights(self, config: QuantConfig | None) -> None:
+        """From now on run on ``config``-bit weights (None: float again), a step per member
+        and weight tensor fixed from the current float weights; training goes on updating
+        the float shadow weights through the straight-through estimator."""
+        self.fake_quant = {} if config is None else {
+            n: (step_size(self.params[self.names.index(n)], config.bits, config.step_rule,
+                          lead=1), config.bits)
+            for n in quantized_names(self.template)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, B, ...) -> (K, B, classes)
         raise NotImplementedError
@@ -91,12 +105,14 @@ class StackedModel:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the members at ``rows`` (drop the finished ones)."""
         self.params = [p.detach()[rows].requires_grad_() for p in self.params]
+        self.fake_quant = {n: (s[rows], b) for n, (s, b) in self.fake_quant.items()}
 
     def member(self, k: int) -> nn.Module:
+        """Member k as an ordinary net, with its float (shadow) weights."""
         net = copy.deepcopy(self.template).cpu()
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.copy_(self[name][k])
+                p.copy_(self.params[self.names.index(name)][k])
         return net
 
 
@@ -156,6 +172,11 @@ FAMILIES = {FCDNNSpec: (build_fcdnn, StackedFCDNN), CNNSpec: (build_cnn, Stacked
 def stacked(spec: ModelSpec, seeds: Sequence[int], device: torch.device) -> StackedModel:
     build, stack = FAMILIES[type(spec)]
     return stack([build(spec, s) for s in seeds], device)
+
+
+def stack_nets(spec: ModelSpec, nets: Sequence[nn.Module], device: torch.device) -> StackedModel:
+    """Trained nets of one architecture as one population (to evaluate or retrain)."""
+    return FAMILIES[type(spec)][1](nets, device)
 
 
 @dataclass

@@ -246,6 +246,83 @@ def ordering_rows(fam: pd.DataFrame) -> list[dict]:
                  if ok else ", ".join(f"{f} {means[f]:.2f}" for f in order), ok)]
 
 
+FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
+
+
+def lossless_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the fewest lossless bits at full and at half capacity (the most any of
+    its models needed, main setting), beside the paper's full-capacity value."""
+    ref = reference.value("quantization.lossless_bits_full_capacity")
+    main = table[table.main & (table.recipe == "ours")]
+    out = []
+    for fam, g in main.groupby("family", sort=False):
+        row = {"family": FAMILY_NAMES[fam], "models": ", ".join(dict.fromkeys(g.model))}
+        for frac, col in ((1.0, "full capacity"), (0.5, "half capacity")):
+            b = g[g.capacity_fraction == frac].fewest_lossless_bits
+            row[f"fewest lossless bits, {col}"] = (
+                "-" if not len(b) else f">{int(g.widest.max())}" if b.isna().any()
+                else str(int(b.max())))
+        row["paper, full capacity"] = ref[fam]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def quantization_rows(table: pd.DataFrame) -> list[dict]:
+    """The paper's quantization claims (Sec. 5.1) against the main-setting measurements."""
+    rows = []
+    if table.empty:
+        return rows
+    ref = reference.value("quantization.lossless_bits_full_capacity")
+    main = table[table.main & (table.recipe == "ours")]
+    full = main[main.capacity_fraction == 1.0]
+    for fam, g in full.groupby("family", sort=False):
+        b = g.fewest_lossless_bits
+        ours = f">{int(g.widest.max())}" if b.isna().any() else str(int(b.max()))
+        ok = not b.isna().any() and abs(int(b.max()) - ref[fam]) <= 1  # within a bit
+        rows.append(_row("Quantization", f"{FAMILY_NAMES[fam]} at full capacity keeps its "
+                         f"accuracy down to", f"{ref[fam]} bits", "Sec. 5.1, Fig. 3(a)",
+                         f"{ours} bits ({', '.join(g.model)})", ok))
+    half = main[(main.family == "fc") & (main.capacity_fraction == 0.5)]
+    if len(half):
+        b = half.fewest_lossless_bits
+        ours = f">{int(half.widest.max())}" if b.isna().any() else str(int(b.max()))
+        rows.append(_row("Quantization", "an FCDNN at half capacity keeps every sample at",
+                         "4 bits", "Sec. 5.1, Fig. 3(b)", f"{ours} bits",
+                         not b.isna().any() and int(b.max()) <= 4))
+    robust = []
+    for _, g in main.groupby(["family", "model"]):
+        g = g.dropna(subset=["fewest_lossless_bits"]).sort_values("data_per_param")
+        if len(g) >= 2:
+            robust.append(bool(g.fewest_lossless_bits.is_monotonic_increasing))
+    if robust:
+        rows.append(_row("Quantization", "fewer samples per parameter need fewer bits",
+                         "yes", "Sec. 5.1, Fig. 4",
+                         f"monotone in {sum(robust)} of {len(robust)} models", all(robust)))
+    return rows
+
+
+def divergence_table(table: pd.DataFrame) -> pd.DataFrame:
+    """FCDNNs at full capacity: fewest lossless bits under each training recipe, step rule
+    and retraining length, beside the paper's 6."""
+    fc = table[(table.family == "fc") & (table.capacity_fraction == 1.0)].copy()
+    if fc.empty:
+        return fc
+    fc["quantization"] = [
+        "direct (no retraining)" if not r else f"progressive, {e} epochs retraining"
+        for r, e in zip(fc.retrained, fc.retrain_epochs, strict=True)]
+    fc["bits"] = [f">{int(w)}" if b != b else str(int(b))
+                  for b, w in zip(fc.fewest_lossless_bits, fc.widest, strict=True)]
+    out = fc.pivot_table(index=["recipe", "step_rule", "quantization"], columns="model",
+                         values="bits", aggfunc="first").reset_index()
+    acc = fc.pivot_table(index="recipe", columns="model", values="float_accuracy",
+                         aggfunc="first")
+    out.columns.name = None
+    out.insert(0, "float accuracy", [", ".join(f"{v:.3f}" for v in acc.loc[r])
+                                     for r in out.recipe])
+    out["paper"] = reference.value("quantization.lossless_bits_full_capacity")["fc"]
+    return out
+
+
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()
@@ -255,4 +332,7 @@ def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> 
     fc, cnn, rnn = (summaries(k, profile, cache) for k in (FCDNN_KIND, CNN_KIND, RNN_KIND))
     rows = mi_rows(check) + fcdnn_rows(fc) + cnn_rows(cnn, fc) + rnn_rows(rnn)
     rows += ordering_rows(families(fc, cnn, rnn))
+    from .advise import measured
+
+    rows += quantization_rows(measured(profile, cache))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -94,3 +94,34 @@ def test_equations_render_offline(browser, site):
     assert any("/_static/mathjax/" in u for u in requests)
     assert outside(requests) == []
     page.close()
+
+
+def test_quantization_bit_width_slider_changes_the_plotted_data(browser, site):
+    page, requests = visit(browser, f"{site}/book/quantization.html")
+    page.wait_for_selector(".plotly-graph-div .slider-rail-rect", timeout=20000)
+    figs = page.locator(".plotly-graph-div").filter(has=page.locator(".slider-rail-rect"))
+    assert figs.count() >= 5  # Fig. 3a, 3b and one Fig. 4 panel per family
+    shown = ("el => el._fullData.filter(t => t.type === 'bar' && t.visible === true)"
+             ".map(t => [t.index, Array.from(t.y)])")
+    drawn = "el => Array.from(el.querySelectorAll('.barlayer .point path')).map(p => " \
+            "p.getAttribute('d')).join(' ')"
+    changed = 0
+    for k in range(figs.count()):
+        fig = figs.nth(k)
+        before, bars_before = fig.evaluate(shown), fig.evaluate(drawn)
+        active = "el => el.layout.sliders[0].active"
+        step_before = fig.evaluate(active)
+        fig.scroll_into_view_if_needed()
+        box = fig.locator(".slider-rail-touch-rect").bounding_box()
+        page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+        page.wait_for_timeout(300)
+        after = fig.evaluate(shown)
+        assert len(after) == 1 and after[0][0] != before[0][0]  # another width's bars shown
+        assert fig.evaluate(active) != step_before
+        if after[0][1] != before[0][1]:
+            changed += 1
+            assert fig.evaluate(drawn) != bars_before  # and the SVG was redrawn with them
+    assert changed >= 1
+    assert "needs a running Python kernel" in page.content()
+    assert outside(requests) == []
+    page.close()

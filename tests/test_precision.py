@@ -1,0 +1,194 @@
+"""The quantization study: records, caching and resume, the lossless-bits rule, the advisor."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from capq_lib import precision
+from capq_lib.advise import advise, measured
+from capq_lib.precision import QuantizationStudy, fewest_lossless_bits, measure_quantization
+from capq_lib.validate import ConfigError
+from capq_lib.widgets import requantize
+
+from .conftest import run_capq
+
+FAST = dict(
+    fc_models=["1x8"], cnn_models=[], rnn_models=[4], capacity_fractions=[0.5, 1.0],
+    seeds=2, schedule=[8, 4, 2], retrain_epochs={"fc": 2, "cnn": 1, "rnn": 1},
+    recipes={"fc": {"optimizer": "sgd", "lr": 0.3, "epochs": 30, "batches_per_epoch": 4},
+             "cnn": {"optimizer": "adam", "lr": 0.003, "epochs": 2},
+             "rnn": {"optimizer": "adam", "lr": 0.01, "epochs": 5, "batches_per_epoch": 4}},
+    paper_recipe_fc={"optimizer": "sgd", "lr": 0.03, "schedule": "step", "epochs": 30,
+                     "batches_per_epoch": 4},
+    long_retrain_factor=2, n_at_capacity={"1x8": 120, "LSTM-4": 200}, profile="unit")
+
+
+@pytest.fixture(scope="module")
+def measured_rows(tmp_path_factory):
+    from capq_lib.results import ResultsCache
+
+    cache = ResultsCache(tmp_path_factory.mktemp("results"))
+    return measure_quantization(QuantizationStudy(**FAST), "cpu", cache, progress=False), cache
+
+
+def test_records_hold_every_width_rule_and_variant(measured_rows):
+    rows, _ = measured_rows
+    assert set(rows.family) == {"fc", "rnn"}
+    for col in ("family", "model", "n_samples", "capacity_fraction", "bits", "step_rule",
+                "retrained", "accuracy", "mutual_info"):
+        assert col in rows
+    unit = rows[(rows.model == "1x8") & (rows.capacity_fraction == 1.0) & (rows.recipe == "ours")]
+    assert unit.n_samples.iloc[0] == 120
+    direct = unit[~unit.retrained & unit.bits.notna()]
+    assert set(direct.step_rule) == {"l2", "max"} and set(direct.bits) == {8, 4, 2}
+    # at full capacity the FCDNN also gets the other rule and the longer retraining
+    retrained = unit[unit.retrained]
+    variants = set(zip(retrained.step_rule, retrained.retrain_epochs, strict=True))
+    assert variants == {("l2", 2), ("max", 2), ("l2", 4)}
+    assert (rows.accuracy.between(0, 1)).all()
+    half = rows[(rows.model == "1x8") & (rows.capacity_fraction == 0.5)]
+    assert half.n_samples.iloc[0] == 60 and set(half.recipe) == {"ours"}
+
+
+def test_saved_nets_reproduce_the_float_and_direct_records(measured_rows):
+    rows, cache = measured_rows
+    key = rows[rows.model == "LSTM-4"].key.iloc[0]
+    unit = rows[rows.key == key]
+    for bits, rule in ((None, "l2"), (4, "max")):
+        sel = unit[unit.bits.isna()] if bits is None else \
+            unit[(unit.bits == bits) & (unit.step_rule == rule) & ~unit.retrained]
+        again = requantize(key, bits, rule, cache)
+        assert again.accuracy.tolist() == pytest.approx(sel.accuracy.tolist(), abs=1e-9)
+
+
+def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp_path,
+                                                                             monkeypatch):
+    from capq_lib.results import ResultsCache
+
+    cache = ResultsCache(tmp_path)
+    study = QuantizationStudy(**{**FAST, "rnn_models": []})
+    real, calls = precision.run_unit, []
+
+    def flaky(study_, unit, n, device, lr=None):
+        calls.append(unit.spec.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(study_, unit, n, device, lr)
+
+    monkeypatch.setattr(precision, "run_unit", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        measure_quantization(study, "cpu", cache, progress=False)
+    assert len(cache.records("quantization")) == 1
+    assert not list((tmp_path / "quantization").glob(".tmp-*"))
+    calls.clear()
+    monkeypatch.setattr(precision, "run_unit", real)
+    rows = measure_quantization(study, "cpu", cache, progress=False)
+    assert len(cache.records("quantization")) == len(study.units()) == 3
+    assert rows.key.nunique() == 3
+
+    def refuse(*a):
+        raise AssertionError("a cached unit was recomputed")
+
+    monkeypatch.setattr(precision, "run_unit", refuse)
+    again = measure_quantization(study, "cpu", cache, progress=False)
+    pd.testing.assert_frame_equal(again, rows)
+
+
+def synthetic(accs: dict[int, float], float_acc: float = 1.0, **extra) -> pd.DataFrame:
+    base = dict(family="fc", model="1x8", params=10, n_samples=20, capacity_fraction=1.0,
+                data_per_param=2.0, recipe="ours", seed=1, step_rule="l2", retrained=True,
+                retrain_epochs=5, main=True, **extra)
+    rows = [{**base, "bits": None, "step_rule": None, "retrained": False,
+             "accuracy": float_acc, "mutual_info": 20.0}]
+    rows += [{**base, "bits": b, "accuracy": a, "mutual_info": 1.0} for b, a in accs.items()]
+    return pd.DataFrame(rows)
+
+
+def test_fewest_lossless_bits_needs_every_wider_width_lossless():
+    t = fewest_lossless_bits(synthetic({8: 1.0, 6: 0.999, 5: 0.99, 4: 0.998, 2: 0.6}), 0.005)
+    assert t.fewest_lossless_bits.tolist() == [6]  # 4 bits is fine but 5 is not
+    t = fewest_lossless_bits(synthetic({8: 0.9, 6: 1.0}), 0.005)
+    assert t.fewest_lossless_bits.isna().all()  # even the widest loses
+    t = fewest_lossless_bits(synthetic({8: 0.9, 6: 0.9}), 0.2)
+    assert t.fewest_lossless_bits.tolist() == [6]
+
+
+def evidence_table() -> pd.DataFrame:
+    parts = []
+    for fam, model, params, ratios_bits in (
+            ("fc", "1x8", 100, {0.5: 3, 1.0: 5, 2.0: 7}),
+            ("rnn", "LSTM-4", 200, {1.0: 6, 3.0: 10})):
+        for r, b in ratios_bits.items():
+            parts.append(pd.DataFrame({
+                "family": fam, "model": model, "params": params, "n_samples": int(r * params),
+                "data_per_param": r, "capacity_fraction": r, "fewest_lossless_bits": float(b),
+                "float_accuracy": 1.0, "widest": 12, "tolerance": 0.005, "recipe": "ours",
+                "main": True}, index=[0]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_advice_takes_the_nearest_measured_ratio_at_or_above():
+    t = evidence_table()
+    assert advise("fc", 100, 50, t).bits == 3
+    assert advise("fc", 100, 60, t).bits == 5   # between 0.5 and 1.0: the safer 1.0
+    assert advise("fc", 1000, 10, t).bits == 3  # far over-parameterized: the smallest ratio
+    a = advise("rnn", 200, 400, t)
+    assert a.bits == 10 and "LSTM-4" in a.text() and a.evidence.data_per_param.tolist() == [3.0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("cnn", 100, 10), "no quantization measurements for family 'cnn'"),
+    (("gru", 100, 10), "family must be one of 'fc', 'cnn', 'rnn'"),
+    (("fc", -5, 10), "params must be an integer >= 1"),
+    (("fc", 100, -1), "samples must be an integer >= 0"),
+    (("fc", 100, 201), "above the largest measured for fc"),
+])
+def test_advice_refuses_what_it_has_no_data_for(args, message):
+    with pytest.raises(ConfigError, match=message):
+        advise(*args, evidence_table())
+
+
+def test_study_rejects_bad_settings_early():
+    with pytest.raises(ConfigError, match="bits must be an integer in"):
+        QuantizationStudy(**{**FAST, "schedule": [8, 0]})
+    with pytest.raises(ConfigError, match="schedule must go from more bits to fewer"):
+        QuantizationStudy(**{**FAST, "schedule": [2, 4, 8]})
+    with pytest.raises(ConfigError, match="step_rule must be one of"):
+        QuantizationStudy(**{**FAST, "step_rule": "mean"})
+    with pytest.raises(ConfigError, match="model 'wide' is not a fc model"):
+        QuantizationStudy(**{**FAST, "fc_models": ["wide"]})
+    with pytest.raises(ConfigError, match="capacity_fractions must be a number in"):
+        QuantizationStudy(**{**FAST, "capacity_fractions": [0.0]})
+
+
+def test_missing_capacity_results_name_the_chapter_to_build(tmp_path):
+    from capq_lib.results import ResultsCache
+
+    study = QuantizationStudy(**{**FAST, "n_at_capacity": None})
+    with pytest.raises(ConfigError, match="build the fcdnn-capacity chapter first"):
+        measure_quantization(study, "cpu", ResultsCache(tmp_path), progress=False)
+    assert not (tmp_path / "quantization").exists()
+
+
+def test_cli_results_and_advise(measured_rows):
+    rows, cache = measured_rows
+    proc = run_capq("results", "quantization", "--profile", "unit", results=cache.root)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert len(records) == len(rows)
+    assert {"family", "model", "n_samples", "capacity_fraction", "bits", "step_rule",
+            "retrained", "accuracy", "mutual_info"} <= set(records[0])
+    assert any(r["bits"] is None for r in records)
+    table = measured("unit", cache)
+    ratio = table[table.family == "fc"].data_per_param.max()
+    proc = run_capq("advise", "--family", "fc", "--params", "100", "--samples",
+                    str(int(ratio * 100)), results=cache.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "per weight" in proc.stdout and "evidence:" in proc.stdout and "1x8" in proc.stdout
+    for args, message in ((["--family", "cnn"], "no quantization measurements for family"),
+                          (["--family", "fc", "--params", "-3"], "params must be an integer")):
+        full = {"--family": "fc", "--params": "100", "--samples": "10"}
+        full.update(dict(zip(args[::2], args[1::2], strict=True)))
+        proc = run_capq("advise", *[v for kv in full.items() for v in kv], results=cache.root)
+        assert proc.returncode == 2 and message in proc.stderr
