@@ -319,3 +319,51 @@ def lossless_bits_by_ratio(table: pd.DataFrame, paper: dict[str, int]) -> go.Fig
     return _layout(fig, "Fewest bits without loss against samples per parameter",
                    xaxis=dict(title="samples per parameter N / P"),
                    yaxis=dict(title="fewest lossless bits", rangemode="tozero"))
+
+
+# --- Real tasks and loss surfaces -----------------------------------------------------------
+
+def metric_vs_bits(rows: pd.DataFrame, metric: str, title: str,
+                   splits: tuple[str, ...] = ("train", "test"), log: bool = False) -> go.Figure:
+    """A real-task metric against bit width (float at the left), one colour per net, solid
+    for the test set and dashed for the training set (Fig. 6 and 7)."""
+    keep = rows[(rows.bits.isna() | rows.retrained) & rows.split.isin(splits)]
+    bits = sorted({int(b) for b in keep.bits.dropna()}, reverse=True)
+    fig = go.Figure()
+    for i, (model, g) in enumerate(keep.groupby("model", sort=False)):
+        for split in splits:
+            d = g[g.split == split]
+            y = [d[d.bits.isna()][metric].iloc[0]] + [d[d.bits == b][metric].iloc[0]
+                                                      for b in bits]
+            fig.add_trace(go.Scatter(
+                x=_bits_axis(bits), y=y, mode="lines+markers", name=f"{model}, {split}",
+                line=dict(color=PALETTE[i % len(PALETTE)],
+                          dash="solid" if split == "test" else "dash"),
+                hovertemplate=f"{model} {split}, " + "%{x} bits: %{y:.4g}<extra></extra>"))
+    return _layout(fig, title, xaxis=dict(title="bits per weight", type="category"),
+                   yaxis=dict(title=metric, type="log" if log else "linear"))
+
+
+def surface_slider(surf: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """f(alpha) per net and data split, one slider step per precision (float, 8, 6, ...):
+    the precomputed curves of each step are shown, the others hidden."""
+    widths = list(dict.fromkeys(surf.width))
+    fig = go.Figure()
+    owner = []
+    for w in widths:
+        for i, ((model, split), g) in enumerate(surf[surf.width == w].groupby(
+                ["model", "split"], sort=False)):
+            fig.add_trace(go.Scatter(
+                x=g.alpha, y=g[metric], mode="lines", name=f"{model}, {split}",
+                visible=w == widths[0],
+                line=dict(color=PALETTE[(i // 2) % len(PALETTE)],
+                          dash="solid" if split == "test" else "dash"),
+                hovertemplate=f"{model} {split}, {w}: " + "alpha %{x:.2f}, %{y:.4g}"
+                              "<extra></extra>"))
+            owner.append(w)
+    steps = [dict(method="update", label=str(w), args=[{"visible": [o == w for o in owner]}])
+             for w in widths]
+    fig.update_layout(sliders=[dict(active=0, steps=steps, pad=dict(t=50),
+                                    currentvalue=dict(prefix="weights: "))])
+    return _layout(fig, title, height=470, xaxis=dict(title="alpha (step along d)"),
+                   yaxis=dict(title=metric))

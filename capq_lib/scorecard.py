@@ -323,6 +323,51 @@ def divergence_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def real_task_rows(rows: pd.DataFrame) -> list[dict]:
+    """The paper's real-task claims (Sec. 5.2) against our real-task measurements."""
+    if rows.empty:
+        return []
+    from .realtasks import robustness
+
+    out = []
+    acc = robustness(rows[rows.task != "lm"], "accuracy")
+    ppl = robustness(rows[rows.task == "lm"], "perplexity") if (rows.task == "lm").any() \
+        else acc.iloc[0:0]
+    rob = pd.concat([acc, ppl], ignore_index=True)
+    rob["bits"] = rob.fewest_bits.fillna(99)
+    wide = rob.pivot_table(index=["task", "model", "params"], columns="split", values="bits")
+    if {"train", "test"} <= set(wide.columns):
+        ok = wide.test <= wide.train
+        out.append(_row("Real tasks", "the test set is more robust to quantization than the "
+                        "training set", "yes", "Sec. 5.2, Fig. 5, 6",
+                        f"test needs no more bits than train in {int(ok.sum())} of {len(ok)} nets",
+                        bool(ok.all())))
+        mono = [bool(g.sort_values("params").test.is_monotonic_decreasing)
+                for _, g in wide.reset_index().groupby("task") if len(g) >= 2]
+        if mono:
+            out.append(_row("Real tasks", "larger nets are more robust", "yes",
+                            "Sec. 5.2, Fig. 6, 7", f"test bits fall or stay as nets grow in "
+                            f"{sum(mono)} of {len(mono)} families", all(mono)))
+    m8 = rows[(rows.task == "mnist") & (rows.model == "2x8") & (rows.split == "test")]
+    if len(m8) and (m8.bits == 4).any():
+        f, q = m8[m8.bits.isna()].accuracy.iloc[0], m8[(m8.bits == 4) & m8.retrained]
+        if len(q):
+            q4 = q.accuracy.iloc[0]
+            out.append(_row("Real tasks", "a 2-layer MNIST FCDNN of width 8 at 4 bits matches "
+                            "float", "yes", "Sec. 5.2, Fig. 7(a)",
+                            f"test accuracy {q4:.4f} vs float {f:.4f}", q4 >= f - 0.01))
+    for task, name in (("resnet", "ResNets"), ("lm", "word-level LMs")):
+        t = rob[(rob.task == task) & (rob.split == "test")]
+        if len(t):
+            lost = t.fewest_bits.isna().any()
+            worst = int(rows.bits.max()) if lost else int(t.fewest_bits.max())
+            out.append(_row("Real tasks", f"{name} keep their test performance down to",
+                            "6 bits", "Sec. 5.2, Fig. 7(b, c)",
+                            f"{'>' if lost else ''}{worst} bits ({', '.join(t.model)}; "
+                            f"within 1 % of float)", not lost and worst <= 6))
+    return out
+
+
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()
@@ -335,4 +380,10 @@ def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> 
     from .advise import measured
 
     rows += quantization_rows(measured(profile, cache))
+    real = [{**r, "key": rec["key"]} for rec in cache.records("real-tasks")
+            if profile is None or rec["result"].get("profile") == profile
+            for r in rec["result"]["rows"]]
+    rows += real_task_rows(pd.DataFrame(real).drop_duplicates(
+        ["task", "model", "bits", "retrained", "split"], keep="last") if real else
+        pd.DataFrame())
     return pd.DataFrame(rows, columns=COLUMNS)

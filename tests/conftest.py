@@ -21,9 +21,45 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ResultsCache:
     return ResultsCache(tmp_path / "results")
 
 
+#: the offline copy of the real datasets (MNIST test set, PTB valid/test) next to the project
+SHARED_DATA = Path(os.environ.get("CAPQ_TEST_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def offline_data() -> Path:
+    """Real datasets for the book's real-task chapters: the offline copy when there is one,
+    else small files in the real formats (random digits and words) so the smoke book builds."""
+    if (SHARED_DATA / "mnist").is_dir():
+        return SHARED_DATA
+    import gzip
+    import tempfile
+
+    import numpy as np
+
+    root = Path(tempfile.mkdtemp(prefix="capq-data-"))
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir()
+    for name, arr in (("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (600, 28, 28))),
+                      ("t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 600))):
+        head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big")
+                                                    for d in arr.shape)
+        with gzip.open(root / "mnist" / name, "wb") as fh:
+            fh.write(head + arr.astype(np.uint8).tobytes())
+    (root / "ptb").mkdir()
+    words = [f"w{i}" for i in range(50)]
+    for split in ("valid", "test"):
+        lines = [" " + " ".join(rng.choice(words, 12)) + " " for _ in range(400)]
+        (root / "ptb" / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
+    from capq_lib.realdata import MANIFEST, md5
+
+    files = [p for p in root.rglob("*") if p.is_file()]
+    (root / MANIFEST).write_text("".join(f"{md5(p)}  {p.relative_to(root)}\n" for p in files))
+    return root
+
+
 def run_capq(*args: str, results: Path, cwd: Path = ROOT, timeout: int = 900):
     """Run the installed ``capq`` command with its own results folder."""
     env = {**os.environ, "CAPQ_RESULTS_DIR": str(results)}
+    env.setdefault("CAPQ_DATA_DIR", str(offline_data()))
     exe = Path(sys.executable).parent / "capq"
     return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -79,7 +79,8 @@ def test_fcdnn_page_renders_its_figures_and_stays_on_the_machine(browser, site):
 
 
 @pytest.mark.parametrize("path", ["book/intro.html", "book/mutual-information.html",
-                                  "book/cnn-capacity.html", "book/rnn-capacity.html"])
+                                  "book/cnn-capacity.html", "book/rnn-capacity.html",
+                                  "book/real-tasks.html"])
 def test_other_pages_make_no_outside_requests(browser, site, path):
     page, requests = visit(browser, f"{site}/{path}")
     assert outside(requests) == []
@@ -123,5 +124,24 @@ def test_quantization_bit_width_slider_changes_the_plotted_data(browser, site):
             assert fig.evaluate(drawn) != bars_before  # and the SVG was redrawn with them
     assert changed >= 1
     assert "needs a running Python kernel" in page.content()
+    assert outside(requests) == []
+    page.close()
+
+
+def test_loss_surface_slider_switches_precision(browser, site):
+    page, requests = visit(browser, f"{site}/book/loss-surfaces.html")
+    page.wait_for_selector(".plotly-graph-div .slider-rail-rect", timeout=20000)
+    fig = page.locator(".plotly-graph-div").filter(has=page.locator(".slider-rail-rect")).first
+    shown = ("el => el._fullData.filter(t => t.visible === true)"
+             ".map(t => [t.index, Array.from(t.y)])")
+    before = fig.evaluate(shown)
+    fig.scroll_into_view_if_needed()
+    box = fig.locator(".slider-rail-touch-rect").bounding_box()
+    page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+    after = fig.evaluate(shown)
+    assert len(after) == len(before) >= 2  # every (net, split) curve, at another precision
+    assert {i for i, _ in after}.isdisjoint({i for i, _ in before})
+    assert [y for _, y in after] != [y for _, y in before]
     assert outside(requests) == []
     page.close()

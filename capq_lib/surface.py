@@ -1,0 +1,127 @@
+"""Loss surfaces along random directions (Sec. 5.2, after Li et al.'s filter normalization).
+
+f(alpha) = L(theta + alpha d), d Gaussian and filter-normalized: every filter of a conv
+weight and every row of a matrix is rescaled to the norm of the same filter or row of theta,
+so one alpha means the same relative step for every layer whatever its scale. Biases and
+normalization layers (all 1-D parameters) get a zero direction. The curves are averaged over
+several directions; theta may be a quantized net, whose surface shows how far a rounding
+error of that size moves the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from . import validate
+
+
+def filter_normalized_direction(model: nn.Module, generator: torch.Generator
+                                ) -> dict[str, torch.Tensor]:
+    """A Gaussian direction with each filter/row scaled to the norm of theta's."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.dim() <= 1:
+            out[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        theta_norm = p.detach().flatten(1).norm(dim=1)
+        d_norm = d.flatten(1).norm(dim=1).clamp(min=1e-12)
+        out[name] = d * (theta_norm / d_norm).view(-1, *([1] * (p.dim() - 1)))
+    return out
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """Where to look: alphas on a grid, averaged over ``directions`` random directions."""
+
+    alpha_min: float = -1.0
+    alpha_max: float = 1.0
+    points: int = 21
+    directions: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate.number("alpha_min", self.alpha_min, lo=-100.0, hi=100.0)
+        validate.number("alpha_max", self.alpha_max, lo=-100.0, hi=100.0)
+        if not self.alpha_min < self.alpha_max:
+            raise validate.ConfigError("alpha_min must be below alpha_max")
+        validate.integer("points", self.points, lo=2, hi=10001)
+        validate.integer("directions", self.directions, lo=1, hi=10000)
+        validate.integer("seed", self.seed, lo=0)
+
+    def alphas(self) -> np.ndarray:
+        grid = np.linspace(self.alpha_min, self.alpha_max, self.points)
+        return np.unique(np.append(grid, 0.0))  # alpha = 0 is always on the curve
+
+
+@torch.no_grad()
+def loss_surface(model: nn.Module, evaluate: Callable[[Callable], tuple[float, float, int]],
+                 config: SurfaceConfig) -> pd.DataFrame:
+    """Mean loss and accuracy at theta + alpha d over the directions, one row per alpha.
+
+    ``evaluate(forward)`` runs ``forward(x)`` over the evaluation data and returns (summed
+    loss, correct, count); ``forward`` calls the model with shifted parameters without
+    touching its own, so the model is unchanged afterwards."""
+    model.eval()
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    g = torch.Generator().manual_seed(config.seed)
+    alphas = config.alphas()
+    loss = np.zeros((config.directions, len(alphas)))
+    acc = np.zeros_like(loss)
+    for k in range(config.directions):
+        d = filter_normalized_direction(model, g)
+        for j, a in enumerate(alphas):
+            params = {n: theta[n] + float(a) * d[n] for n in theta}
+
+            def forward(*args, params=params, **kw):
+                return functional_call(model, {**params, **buffers}, args, kw)
+
+            total, correct, count = evaluate(forward)
+            loss[k, j], acc[k, j] = total / count, correct / count
+    return pd.DataFrame({"alpha": alphas, "loss": loss.mean(0), "loss_std": loss.std(0),
+                         "accuracy": acc.mean(0), "accuracy_std": acc.std(0)})
+
+
+def classification_evaluator(x: torch.Tensor, y: torch.Tensor, batch: int = 2048
+                             ) -> Callable[[Callable], tuple[float, float, int]]:
+    """Cross-entropy and accuracy of a classifier over (x, y), in batches."""
+
+    def evaluate(forward: Callable) -> tuple[float, float, int]:
+        total = correct = 0.0
+        for i in range(0, len(x), batch):
+            logits = forward(x[i:i + batch])
+            yy = y[i:i + batch]
+            total += float(nn.functional.cross_entropy(logits, yy, reduction="sum"))
+            correct += float((logits.argmax(1) == yy).sum())
+        return total, correct, len(x)
+
+    return evaluate
+
+
+def lm_evaluator(data: torch.Tensor, bptt: int = 35
+                 ) -> Callable[[Callable], tuple[float, float, int]]:
+    """Next-word cross-entropy (exp of its mean is perplexity) and accuracy over batchified
+    token columns ``data`` (T, B), carrying the LSTM state across segments."""
+
+    def evaluate(forward: Callable) -> tuple[float, float, int]:
+        total = correct = 0.0
+        count, state = 0, None
+        for i in range(0, data.shape[0] - 1, bptt):
+            x, y = data[i:i + bptt], data[i + 1:i + 1 + bptt]
+            x = x[:len(y)]
+            logits, state = forward(x, state)
+            total += float(nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                                       reduction="sum"))
+            correct += float((logits.argmax(-1) == y).sum())
+            count += y.numel()
+        return total, correct, count
+
+    return evaluate
