@@ -241,6 +241,16 @@ def bits_vs_size(summary: pd.DataFrame, paper: float, by: str = "units") -> go.F
 
 # --- Capacity under quantization -------------------------------------------------------------
 
+#: a slider under the legend: the legend sits just below the x axis, the slider below it
+SLIDER_BELOW = dict(y=-0.32, yanchor="top", pad=dict(t=10))
+
+
+def _below(fig: go.Figure) -> go.Figure:
+    fig.update_layout(height=fig.layout.height + 90, margin=dict(b=160),
+                      legend=dict(orientation="h", y=-0.16, yanchor="top"))
+    return fig
+
+
 def _bits_axis(bits: list[int]) -> list[str]:
     """Category labels left to right: float, then fewer and fewer bits (as the paper plots)."""
     return ["float"] + [str(b) for b in sorted(bits, reverse=True)]
@@ -293,12 +303,12 @@ def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
     if start_bits not in bits:
         for k, tr in enumerate(fig.data[n_lines:]):
             tr.visible = k // 2 == 0
-    fig.update_layout(sliders=[dict(active=active, steps=steps, pad=dict(t=60),
+    fig.update_layout(sliders=[dict(active=active, steps=steps, **SLIDER_BELOW,
                                     currentvalue=dict(prefix="bits per weight: "))])
     fig.update_yaxes(title_text="training accuracy p", range=[0.45, 1.05], row=1, col=1)
     fig.update_yaxes(range=[0.45, 1.1], row=1, col=2)
     fig.update_xaxes(title_text="bits per weight", type="category", row=1, col=1)
-    return _layout(fig, title, height=480)
+    return _below(_layout(fig, title, height=480))
 
 
 def lossless_bits_by_ratio(table: pd.DataFrame, paper: dict[str, int]) -> go.Figure:
@@ -363,7 +373,7 @@ def surface_slider(surf: pd.DataFrame, metric: str, title: str) -> go.Figure:
             owner.append(w)
     steps = [dict(method="update", label=str(w), args=[{"visible": [o == w for o in owner]}])
              for w in widths]
-    fig.update_layout(sliders=[dict(active=0, steps=steps, pad=dict(t=50),
+    fig.update_layout(sliders=[dict(active=0, steps=steps, **SLIDER_BELOW,
                                     currentvalue=dict(prefix="weights: "))])
-    return _layout(fig, title, height=470, xaxis=dict(title="alpha (step along d)"),
-                   yaxis=dict(title=metric))
+    return _below(_layout(fig, title, height=470, xaxis=dict(title="alpha (step along d)"),
+                          yaxis=dict(title=metric)))
