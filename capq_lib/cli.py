@@ -23,6 +23,11 @@ EXPERIMENTS = {
     "quantization": "one trained net at one bit width: family, model, n_samples, "
                     "capacity_fraction, bits (null for float), step_rule, retrained, accuracy, "
                     "mutual_info",
+    "real-tasks": "one real-task net at one width and data split: task, model, params, bits "
+                  "(null for float), retrained, split, accuracy, loss (perplexity for LMs), "
+                  "data (what it trained and tested on)",
+    "loss-surfaces": "one point of a loss surface: task, model, width, split, alpha, loss and "
+                     "accuracy (means and spreads over the directions)",
 }
 
 

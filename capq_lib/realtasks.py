@@ -461,13 +461,14 @@ def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequ
                         evs[split] = lm_evaluator(d[:max(2, samples // d.shape[1])])
                     else:
                         evs[split] = classification_evaluator(d[0][:samples], d[1][:samples])
-                df = pd.concat([loss_surface(net, ev, config).assign(split=s)
-                                for s, ev in evs.items()], ignore_index=True)
+                label = "float" if w == "float" else f"{w} bits"
+                df = pd.concat([loss_surface(net, ev, config).assign(
+                    task=r.task, model=r.model, width=label, split=s)
+                    for s, ev in evs.items()], ignore_index=True)
                 return {"profile": profile, "rows": df.to_dict("records")}
 
             rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, "cpu")
-            parts.append(pd.DataFrame(rec["result"]["rows"]).assign(
-                task=r.task, model=r.model, width="float" if w == "float" else f"{w} bits"))
+            parts.append(pd.DataFrame(rec["result"]["rows"]))
             bar.update(1)
     bar.close()
     return pd.concat(parts, ignore_index=True)

@@ -1,11 +1,15 @@
 """Real-task quantization end to end on the offline data (small settings)."""
 
+import json
+
 import pytest
 
 from capq_lib import realtasks
 from capq_lib.realtasks import RealTaskStudy, measure_real_tasks, rebuild, robustness
+from capq_lib.surface import SurfaceConfig
 from capq_lib.validate import ConfigError
 
+from .conftest import run_capq
 from .test_realdata import SHARED, needs_shared
 
 SMALL = dict(mnist_widths=[8], cifar_sizes=["tiny"], resnet_depths=[8], lm_units=[4],
@@ -40,6 +44,21 @@ def test_rows_cover_every_net_width_and_split_and_resume(cache, monkeypatch):
     monkeypatch.setattr(realtasks, "run_unit", refuse)
     again = measure_real_tasks(study, "cpu", cache, SHARED, progress=False)
     assert len(again) == len(rows)
+
+    config = SurfaceConfig(-0.5, 0.5, points=3, directions=1)
+    surf = realtasks.measure_surfaces("unit", [("cifar", "tiny"), ("lm", 4)], ["float", "2"],
+                                      config, 50, cache, SHARED, progress=False)
+    assert set(surf.width) == {"float", "2 bits"} and set(surf.split) == {"train", "test"}
+    assert set(surf.model) == {"tiny", "2x4 LSTM"}
+    with pytest.raises(ConfigError, match="width '5' was not measured"):
+        realtasks.measure_surfaces("unit", [("cifar", "tiny")], ["5"], config, 50, cache, SHARED)
+    with pytest.raises(ConfigError, match="build the real-tasks chapter first"):
+        realtasks.measure_surfaces("unit", [("cifar", "large")], ["float"], config, 50, cache)
+    for name in ("real-tasks", "loss-surfaces"):
+        proc = run_capq("results", name, "--profile", "unit", results=cache.root)
+        assert proc.returncode == 0, proc.stderr
+        records = json.loads(proc.stdout)
+        assert records and {"task", "model", "split"} <= set(records[0])
 
 
 def test_bad_settings_fail_early():
