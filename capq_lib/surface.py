@@ -46,6 +46,10 @@ class SurfaceConfig:
     points: int = 21
     directions: int = 10
     seed: int = 0
+    #: alphas evaluated together (torch.func.vmap) by evaluators that can batch them; on a
+    #: 2-core CPU batching ran 2-5x slower than one alpha at a time (benchmarks/surfaces.py),
+    #: so it is for GPUs, where one alpha leaves most of the device idle
+    alpha_batch: int = 1
 
     def __post_init__(self) -> None:
         validate.number("alpha_min", self.alpha_min, lo=-100.0, hi=100.0)
@@ -55,6 +59,7 @@ class SurfaceConfig:
         validate.integer("points", self.points, lo=2, hi=10001)
         validate.integer("directions", self.directions, lo=1, hi=10000)
         validate.integer("seed", self.seed, lo=0)
+        validate.integer("alpha_batch", self.alpha_batch, lo=1, hi=10001)
 
     def alphas(self) -> np.ndarray:
         grid = np.linspace(self.alpha_min, self.alpha_max, self.points)
@@ -74,35 +79,51 @@ def loss_surface(model: nn.Module, evaluate: Callable[[Callable], tuple[float, f
     buffers = dict(model.named_buffers())
     g = torch.Generator().manual_seed(config.seed)
     alphas = config.alphas()
+    step = config.alpha_batch if getattr(evaluate, "batched", False) else 1
     loss = np.zeros((config.directions, len(alphas)))
     acc = np.zeros_like(loss)
     for k in range(config.directions):
         d = filter_normalized_direction(model, g)
-        for j, a in enumerate(alphas):
-            params = {n: theta[n] + float(a) * d[n] for n in theta}
+        for j in range(0, len(alphas), step):
+            a = torch.tensor(alphas[j:j + step], dtype=torch.float32)
+            if step == 1:
+                params = {n: theta[n] + float(a[0]) * d[n] for n in theta}
 
-            def forward(*args, params=params, **kw):
-                return functional_call(model, {**params, **buffers}, args, kw)
+                def forward(*args, params=params, **kw):
+                    return functional_call(model, {**params, **buffers}, args, kw)
+            else:  # several alphas at once: parameters gain a leading alpha axis
+                params = {n: theta[n] + a.view(-1, *[1] * theta[n].dim()) * d[n]
+                          for n in theta}
+
+                def forward(x, params=params):
+                    return torch.func.vmap(
+                        lambda p: functional_call(model, {**p, **buffers}, (x,)))(params)
 
             total, correct, count = evaluate(forward)
-            loss[k, j], acc[k, j] = total / count, correct / count
+            loss[k, j:j + step] = np.asarray(total, dtype=float) / count
+            acc[k, j:j + step] = np.asarray(correct, dtype=float) / count
     return pd.DataFrame({"alpha": alphas, "loss": loss.mean(0), "loss_std": loss.std(0),
                          "accuracy": acc.mean(0), "accuracy_std": acc.std(0)})
 
 
-def classification_evaluator(x: torch.Tensor, y: torch.Tensor, batch: int = 2048
-                             ) -> Callable[[Callable], tuple[float, float, int]]:
-    """Cross-entropy and accuracy of a classifier over (x, y), in batches."""
+def classification_evaluator(x: torch.Tensor, y: torch.Tensor, batch: int = 512
+                             ) -> Callable[[Callable], tuple]:
+    """Cross-entropy and accuracy of a classifier over (x, y), in batches. It takes logits
+    with leading axes too (several alphas at once) and then returns one value per entry."""
 
-    def evaluate(forward: Callable) -> tuple[float, float, int]:
+    def evaluate(forward: Callable) -> tuple:
         total = correct = 0.0
         for i in range(0, len(x), batch):
-            logits = forward(x[i:i + batch])
-            yy = y[i:i + batch]
-            total += float(nn.functional.cross_entropy(logits, yy, reduction="sum"))
-            correct += float((logits.argmax(1) == yy).sum())
+            logits, yy = forward(x[i:i + batch]), y[i:i + batch]
+            lead = logits.shape[:-2]
+            ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             yy.expand(*lead, -1).reshape(-1),
+                                             reduction="none").view(*lead, -1)
+            total = total + ce.sum(-1).double().numpy()
+            correct = correct + (logits.argmax(-1) == yy).sum(-1).double().numpy()
         return total, correct, len(x)
 
+    evaluate.batched = True  # type: ignore[attr-defined]
     return evaluate
 
 

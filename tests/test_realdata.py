@@ -165,3 +165,16 @@ def test_lm_surface_at_zero_is_its_cross_entropy():
         logits, _ = lm(data[:-1])
         own = float(nn.functional.cross_entropy(logits.flatten(0, 1), data[1:].flatten()))
     assert surf[surf.alpha == 0].loss.iloc[0] == pytest.approx(own, rel=1e-4)
+
+
+def test_batched_alphas_give_the_same_surface():
+    torch.manual_seed(0)
+    net = CIFARResNet(8).eval()  # batch norm buffers ride along under vmap
+    x, y = torch.rand(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    ev = classification_evaluator(x, y, batch=16)
+    one = loss_surface(net, ev, SurfaceConfig(-0.5, 0.5, points=5, directions=2))
+    many = loss_surface(net, ev, SurfaceConfig(-0.5, 0.5, points=5, directions=2,
+                                               alpha_batch=3))
+    assert len(one) == len(many) == 5
+    assert (one.loss - many.loss).abs().max() < 1e-4
+    assert (one.accuracy - many.accuracy).abs().max() < 1e-9
