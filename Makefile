@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 DEVICE ?= auto
+# chapters run side by side (each with a share of the cores); they wait for the ones they read
+JOBS ?= 1
 # a CPU build of torch here; elsewhere e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 # or TORCH=torch (your platform's default, CUDA on Linux)
 TORCH ?= torch==2.13.0
@@ -21,7 +23,7 @@ $(VENV)/.capq-env: pyproject.toml
 env: $(VENV)/.capq-env
 
 book: env
-	$(BIN)/capq build --profile $(PROFILE) --device $(DEVICE)
+	$(BIN)/capq build --profile $(PROFILE) --device $(DEVICE) --jobs $(JOBS)
 
 test: env
 	$(BIN)/python -m pytest

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="execute only this chapter (repeatable); others keep their last output")
     b.add_argument("--output", default=None, help="where _build/ goes (default: the project)")
     b.add_argument("--execute-only", action="store_true", help="run notebooks, skip the HTML")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="chapters run side by side, each with a share of the CPU threads; a "
+                        "chapter waits for the chapters whose results it reads (default 1)")
 
     w = sub.add_parser("sweep", help="start a worker on an experiment's capacity search")
     w.add_argument("experiment", metavar="EXPERIMENT",
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             from .runner import build
 
-            report = build(args.profile, args.device, args.only, args.output, args.execute_only)
+            report = build(args.profile, args.device, args.only, args.output, args.execute_only,
+                           args.jobs)
             for run in report.notebooks:
                 print(f"  {run.chapter:24s} {run.status:8s} {run.seconds:8.1f} s  {run.error}")
             if report.failed:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import profiles
+from . import profiles, validate
 from .devices import resolve_device
 from .validate import ConfigError
 
@@ -36,6 +36,8 @@ class NotebookRun:
     status: str  # "ok" | "failed" | "skipped"
     seconds: float
     error: str = ""
+    started: float = 0.0  # wall-clock times (epoch seconds), to see what ran side by side
+    finished: float = 0.0
 
 
 @dataclass
@@ -83,6 +85,20 @@ def execution_order(notebooks: list[Path]) -> list[Path]:
     return notebooks[1:] + notebooks[:1]
 
 
+def chapter_needs(notebooks: list[Path], root: Path = PROJECT_ROOT) -> dict[str, set[str]]:
+    """Which chapters must finish before each one starts: those named in its metadata
+    (``capq.needs``, results it reads), and for the root page every other chapter."""
+    import nbformat
+
+    names = [nb.stem for nb in notebooks]
+    needs = {}
+    for nb in notebooks:
+        meta = nbformat.read(root / nb, as_version=4).metadata.get("capq", {})
+        needs[nb.stem] = set(meta.get("needs", [])) & set(names)
+    needs[names[0]] = set(names[1:])
+    return needs
+
+
 def vendor_assets(dest: Path) -> None:
     """Copy plotly.js (from the plotly package) and MathJax (jupyter-server-mathjax) to dest."""
     import jupyter_server_mathjax
@@ -127,10 +143,15 @@ def stage_sources(stage: Path) -> None:
         (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def execute(src: Path, dst: Path, parameters: dict, timeout_s: int) -> None:
-    """Run one notebook headlessly; its text progress bars stream to this terminal."""
+def execute(src: Path, dst: Path, parameters: dict, timeout_s: int,
+            threads: int | None = None) -> None:
+    """Run one notebook headlessly; its text progress bars stream to this terminal.
+    ``threads`` caps the kernel's compute threads (set when chapters run side by side)."""
     import papermill
 
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
     env_before = os.environ.get("CAPQ_BATCH")
     os.environ["CAPQ_BATCH"] = "1"
     try:
@@ -163,9 +184,57 @@ def tidy_parameters(path: Path, profile: profiles.Profile) -> None:
     nbformat.write(nb, path)
 
 
+def run_chapter(nb: Path, stage: Path, prof: profiles.Profile, device: str,
+                threads: int | None = None) -> NotebookRun:
+    """Execute one chapter into the stage; a failure is recorded, not raised."""
+    chapter = nb.stem
+    print(f"[capq] executing {nb} (profile {prof.name}, device {device})", flush=True)
+    start, started = time.perf_counter(), time.time()
+    try:
+        execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s,
+                threads)
+        tidy_parameters(stage / nb, prof)
+        run = NotebookRun(chapter, "ok", time.perf_counter() - start)
+    except Exception as err:  # the notebook keeps its traceback; go on with the others
+        run = NotebookRun(chapter, "failed", time.perf_counter() - start,
+                          f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+        if (stage / nb).is_file():
+            tidy_parameters(stage / nb, prof)
+    run.started, run.finished = started, time.time()
+    print(f"[capq] {chapter}: {run.status} in {run.seconds:.1f} s", flush=True)
+    return run
+
+
+def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
+                 prof: profiles.Profile, device: str, jobs: int) -> dict[str, NotebookRun]:
+    """Run chapters ``jobs`` at a time, each in its own process with an equal share of the
+    CPU threads, starting a chapter once the chapters it reads from have finished (a
+    chapter whose input failed still runs, and says what is missing)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    names = {nb.stem for nb in todo}
+    waiting, running, done = list(todo), {}, {}
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        while waiting or running:
+            for nb in list(waiting):
+                if len(running) < jobs and not (needs.get(nb.stem, set()) & names) - set(done):
+                    waiting.remove(nb)
+                    running[pool.submit(run_chapter, nb, stage, prof, device, threads)] = nb
+            if not running:
+                raise ConfigError(f"chapters wait on each other: {[n.stem for n in waiting]}")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in finished:
+                done[running.pop(f).stem] = f.result()
+    return done
+
+
 def build(profile: str = "quick", device: str = "auto", only: list[str] | None = None,
-          output: Path | str | None = None, execute_only: bool = False) -> BuildReport:
-    """Execute the chapters of ``profile`` and build the HTML book into ``output``/_build."""
+          output: Path | str | None = None, execute_only: bool = False,
+          jobs: int = 1) -> BuildReport:
+    """Execute the chapters of ``profile`` and build the HTML book into ``output``/_build;
+    ``jobs`` > 1 runs independent chapters side by side."""
     prof = profiles.load(profile)
     resolve_device(device)  # fail now, not inside every notebook
     out = Path(output) if output is not None else PROJECT_ROOT
@@ -184,26 +253,17 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
         if unknown:
             raise ConfigError(f"only must name chapters of the book ({', '.join(chapters)}); "
                               f"got {', '.join(unknown)}")
+    validate.integer("jobs", jobs, lo=1, hi=64)
     stage_sources(stage)
     report = BuildReport(prof.name, device, str(out / "_build" / "html" / "index.html"))
-    for nb in execution_order(notebooks):
-        chapter = nb.stem
-        if only and chapter not in only:
-            report.notebooks.append(NotebookRun(chapter, "skipped", 0.0))
-            continue
-        print(f"[capq] executing {nb} (profile {prof.name}, device {device})", flush=True)
-        start = time.perf_counter()
-        try:
-            execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s)
-            tidy_parameters(stage / nb, prof)
-            run = NotebookRun(chapter, "ok", time.perf_counter() - start)
-        except Exception as err:  # the notebook keeps its traceback; go on with the others
-            run = NotebookRun(chapter, "failed", time.perf_counter() - start,
-                              f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
-            if (stage / nb).is_file():
-                tidy_parameters(stage / nb, prof)
-        print(f"[capq] {chapter}: {run.status} in {run.seconds:.1f} s", flush=True)
-        report.notebooks.append(run)
+    todo = [nb for nb in execution_order(notebooks) if not only or nb.stem in only]
+    runs = {nb.stem: NotebookRun(nb.stem, "skipped", 0.0) for nb in notebooks}
+    if jobs == 1:
+        for nb in todo:
+            runs[nb.stem] = run_chapter(nb, stage, prof, device)
+    else:
+        runs.update(run_parallel(todo, chapter_needs(notebooks), stage, prof, device, jobs))
+    report.notebooks = [runs[nb.stem] for nb in execution_order(notebooks)]
     if not execute_only:
         start = time.perf_counter()
         vendor_assets(stage / VENDOR)

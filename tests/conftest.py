@@ -69,7 +69,8 @@ def run_capq(*args: str, results: Path, cwd: Path = ROOT, timeout: int = 900):
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke-profile book, built once into a temporary folder; returns that folder."""
     out = tmp_path_factory.mktemp("book")
+    # two chapters at a time: the parallel runner is what the whole test book goes through
     proc = run_capq("build", "--profile", "smoke", "--device", "cpu", "--output", str(out),
-                    results=out / "results")
+                    "--jobs", "2", results=out / "results")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out

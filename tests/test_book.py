@@ -30,6 +30,19 @@ def test_each_chapter_page_exists_with_its_figures(smoke_book, chapter, figures)
 
 
 @pytest.mark.slow
+def test_chapters_start_after_the_chapters_they_read(smoke_book):
+    runs = {n["chapter"]: n for n in json.loads(
+        (smoke_book / "_build" / "build-report.json").read_text())["notebooks"]}
+    for chapter, needs in (("quantization", ("fcdnn-capacity", "cnn-capacity", "rnn-capacity")),
+                           ("loss-surfaces", ("real-tasks",)),
+                           ("intro", tuple(c for c in runs if c != "intro"))):
+        assert runs[chapter]["started"] >= max(runs[n]["finished"] for n in needs), chapter
+    # and some chapters did run side by side
+    spans = sorted((r["started"], r["finished"]) for r in runs.values())
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.slow
 def test_sources_stay_output_free_and_plotly_is_served_locally(smoke_book):
     for nb in (ROOT / "book").glob("*.ipynb"):
         cells = nbformat.read(nb, as_version=4).cells
