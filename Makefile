@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 DEVICE ?= auto
 # chapters run side by side (each with a share of the cores); they wait for the ones they read
-JOBS ?= 1
+JOBS ?= 2
 # a CPU build of torch here; elsewhere e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 # or TORCH=torch (your platform's default, CUDA on Linux)
 TORCH ?= torch==2.13.0

@@ -213,15 +213,18 @@ def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cpus = os.cpu_count() or 1
     names = {nb.stem for nb in todo}
     waiting, running, done = list(todo), {}, {}
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
-            for nb in list(waiting):
-                if len(running) < jobs and not (needs.get(nb.stem, set()) & names) - set(done):
-                    waiting.remove(nb)
-                    running[pool.submit(run_chapter, nb, stage, prof, device, threads)] = nb
+            ready = [nb for nb in waiting
+                     if not (needs.get(nb.stem, set()) & names) - set(done)]
+            for nb in ready[:jobs - len(running)]:
+                # a chapter that starts alone (nothing else can run) gets every thread
+                threads = max(1, cpus // min(jobs, len(running) + len(ready)))
+                waiting.remove(nb)
+                running[pool.submit(run_chapter, nb, stage, prof, device, threads)] = nb
             if not running:
                 raise ConfigError(f"chapters wait on each other: {[n.stem for n in waiting]}")
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
