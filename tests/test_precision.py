@@ -192,3 +192,15 @@ def test_cli_results_and_advise(measured_rows):
         full.update(dict(zip(args[::2], args[1::2], strict=True)))
         proc = run_capq("advise", *[v for kv in full.items() for v in kv], results=cache.root)
         assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_divergence_study_reports_every_setting(measured_rows):
+    from capq_lib.scorecard import divergence_table, divergence_verdicts
+
+    rows, _ = measured_rows
+    table = fewest_lossless_bits(rows, 0.005)
+    lines = divergence_verdicts(table, "l2", 2)
+    assert len(lines) == 5 and all("1x8 " in line for line in lines)
+    assert lines[1].startswith("- Paper-range recipe")
+    wide = divergence_table(table)
+    assert set(wide.recipe) == {"ours", "paper"} and "1x8" in wide
