@@ -265,17 +265,31 @@ def run_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: torch
     x, y = stack_memorization_sets(members, unit.spec.input_shape, device)
     trained = train_members(unit.spec, members, recipe.train_config(), device, data=(x, y))
     nets = [m.model for m in trained.members]
+    lrs = [recipe.lr] * len(seeds)
+    if unit.fraction < 1.0:
+        # below capacity every sample should be memorized; the lr that was best at capacity
+        # can be too high for a small N (a seed stalls), so such seeds get one retry at a
+        # third of it, kept if it memorizes more
+        stalled = [k for k, m in enumerate(trained.members) if m.accuracy < 1.0]
+        if stalled:
+            retry = [Member(n_samples, recipe.lr / 3, recipe.momentum, recipe.decay_factor,
+                            seeds[k], seeds[k]) for k in stalled]
+            again = train_members(unit.spec, retry, recipe.train_config(), device,
+                                  data=(x[stalled], y[stalled]))
+            for k, m in zip(stalled, again.members, strict=True):
+                if m.accuracy > trained.members[k].accuracy:
+                    nets[k], lrs[k] = m.model, recipe.lr / 3
     n = torch.full((len(seeds),), n_samples, device=device)
     base = {"family": unit.family, "model": unit.spec.name, "params": unit.spec.n_params,
             "n_samples": n_samples, "capacity_fraction": unit.fraction,
             "data_per_param": n_samples / unit.spec.n_params, "recipe": unit.recipe,
-            "lr": recipe.lr, "profile": study.profile}
+            "profile": study.profile}
     rows: list[dict[str, Any]] = []
 
     def add(accs: Sequence[float], bits: int | None, rule: str | None, retrained: bool,
             epochs: int, main: bool = False) -> None:
-        for seed, acc in zip(seeds, accs, strict=True):
-            rows.append({**base, "seed": seed, "bits": bits, "step_rule": rule,
+        for seed, lr, acc in zip(seeds, lrs, accs, strict=True):
+            rows.append({**base, "seed": seed, "lr": lr, "bits": bits, "step_rule": rule,
                          "retrained": retrained, "retrain_epochs": epochs, "accuracy": acc,
                          "mutual_info": float(mutual_information(n_samples, acc)),
                          "main": main})
@@ -290,8 +304,8 @@ def run_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: torch
     if unit.family == "fc" and unit.fraction == 1.0 and epochs:  # the divergence study
         variants += [(r, epochs) for r in STEP_RULES if r != study.step_rule]
         variants.append((study.step_rule, epochs * study.long_retrain_factor))
-    retrain_members = [Member(n_samples, recipe.lr * study.retrain_lr_factor, recipe.momentum,
-                              recipe.decay_factor, s, s) for s in seeds]
+    retrain_members = [Member(n_samples, lr * study.retrain_lr_factor, recipe.momentum,
+                              recipe.decay_factor, s, s) for s, lr in zip(seeds, lrs, strict=True)]
     for i, (rule, ep) in enumerate(variants if epochs else []):
         cfg = recipe.train_config(epochs=ep, eval_every=max(1, min(5, ep)))
         cfg = TrainConfig(**{**cfg.as_dict(), "schedule": "cosine"})
@@ -312,8 +326,8 @@ def unit_config(study: QuantizationStudy, unit: Unit, n_samples: int) -> dict[st
     skip = {"profile", "fc_models", "cnn_models", "rnn_models", "capacity_fractions",
             "n_at_capacity"}
     return {"study": {k: v for k, v in asdict(study).items() if k not in skip},
-            "family": unit.family, "model": unit.spec.name, "fraction": unit.fraction,
-            "recipe": unit.recipe, "n_samples": n_samples}
+            "retry_below_capacity": "lr/3", "family": unit.family, "model": unit.spec.name,
+            "fraction": unit.fraction, "recipe": unit.recipe, "n_samples": n_samples}
 
 
 def nets_dir(cache: ResultsCache) -> Path:

@@ -204,3 +204,23 @@ def test_divergence_study_reports_every_setting(measured_rows):
     assert lines[1].startswith("- Paper-range recipe")
     wide = divergence_table(table)
     assert set(wide.recipe) == {"ours", "paper"} and "1x8" in wide
+
+
+def test_a_stalled_seed_below_capacity_is_retried_at_a_third_of_the_lr(tmp_path, monkeypatch):
+    from capq_lib.results import ResultsCache
+
+    real, calls = precision.train_members, []
+
+    def spy(spec, members, shared, device, **kw):
+        calls.append(sorted({round(m.lr, 6) for m in members}))
+        return real(spec, members, shared, device, **kw)
+
+    monkeypatch.setattr(precision, "train_members", spy)
+    study = QuantizationStudy(**{**FAST, "rnn_models": [], "capacity_fractions": [0.5, 1.0],
+                                 "recipes": {**FAST["recipes"],
+                                             "fc": {"optimizer": "sgd", "lr": 9.0,
+                                                    "epochs": 5, "batches_per_epoch": 4}}})
+    rows = measure_quantization(study, "cpu", ResultsCache(tmp_path), progress=False)
+    assert [3.0] in calls  # the half-capacity unit retried its stalled seeds at lr / 3
+    full = rows[(rows.capacity_fraction == 1.0) & (rows.recipe == "ours")]
+    assert set(full.lr) == {9.0}  # at capacity nothing is retried
