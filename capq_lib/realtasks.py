@@ -424,11 +424,13 @@ SURFACE_EXPERIMENT = "loss-surfaces"
 
 def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequence[str],
                      config: SurfaceConfig, samples: int, cache: ResultsCache | None = None,
-                     root: Path | None = None, progress: bool = True) -> pd.DataFrame:
+                     root: Path | None = None, progress: bool = True,
+                     device: str = "cpu") -> pd.DataFrame:
     """Loss and accuracy surfaces of the real-task nets (float and quantized), on up to
     ``samples`` training and test items (tokens for the LMs), one cache entry per net and
     width."""
     cache = cache or ResultsCache()
+    dev = resolve_device(device)
     have = trained(profile, cache)
     validate.integer("samples", samples, lo=1)
     parts = []
@@ -454,20 +456,21 @@ def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequ
             cfg = {"net": r.key, "width": w, "surface": asdict(config), "samples": samples}
 
             def compute(r=r, w=w, saved=saved, data=data) -> dict[str, Any]:
-                net = rebuild(saved, w)
+                net = rebuild(saved, w).to(dev)
                 evs = {}
                 for split, d in (("train", data.train), ("test", data.test)):
                     if r.task == "lm":
-                        evs[split] = lm_evaluator(d[:max(2, samples // d.shape[1])])
+                        evs[split] = lm_evaluator(d[:max(2, samples // d.shape[1])].to(dev))
                     else:
-                        evs[split] = classification_evaluator(d[0][:samples], d[1][:samples])
+                        evs[split] = classification_evaluator(d[0][:samples].to(dev),
+                                                              d[1][:samples].to(dev))
                 label = "float" if w == "float" else f"{w} bits"
                 df = pd.concat([loss_surface(net, ev, config).assign(
                     task=r.task, model=r.model, width=label, split=s)
                     for s, ev in evs.items()], ignore_index=True)
                 return {"profile": profile, "rows": df.to_dict("records")}
 
-            rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, "cpu")
+            rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, describe(dev))
             parts.append(pd.DataFrame(rec["result"]["rows"]))
             bar.update(1)
     bar.close()

@@ -119,8 +119,8 @@ def classification_evaluator(x: torch.Tensor, y: torch.Tensor, batch: int = 512
             ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                              yy.expand(*lead, -1).reshape(-1),
                                              reduction="none").view(*lead, -1)
-            total = total + ce.sum(-1).double().numpy()
-            correct = correct + (logits.argmax(-1) == yy).sum(-1).double().numpy()
+            total = total + ce.sum(-1).double().cpu().numpy()
+            correct = correct + (logits.argmax(-1) == yy).sum(-1).double().cpu().numpy()
         return total, correct, len(x)
 
     evaluate.batched = True  # type: ignore[attr-defined]
