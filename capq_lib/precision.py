@@ -125,10 +125,7 @@ class QuantizationStudy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                object.__setattr__(self, f.name, tuple(v))
+        validate.lists_to_tuples(self)
         for fam in FAMILIES:
             for m in self.models(fam):
                 parse_model(fam, m)

@@ -227,10 +227,7 @@ class RealTaskStudy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                object.__setattr__(self, f.name, tuple(v))
+        validate.lists_to_tuples(self)
         for w in self.mnist_widths:
             validate.integer("mnist_widths", w, lo=1, hi=65536)
         for s in self.cifar_sizes:

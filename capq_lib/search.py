@@ -74,10 +74,7 @@ class CapacityStudy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                object.__setattr__(self, f.name, tuple(v))
+        validate.lists_to_tuples(self)
         for name in ("stage1_n_per_param", "stage2_lrs", "stage2_momenta",
                      "stage2_decay_factors", "stage2_n_factors"):
             object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))

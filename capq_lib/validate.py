@@ -52,6 +52,17 @@ def non_empty(name: str, values: Any) -> tuple:
     return values
 
 
+def lists_to_tuples(config: Any) -> None:
+    """In a frozen dataclass, turn list fields (as notebooks and YAML give them) into tuples,
+    so configs hash and compare the same whichever way they were written."""
+    from dataclasses import fields
+
+    for f in fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, list):
+            object.__setattr__(config, f.name, tuple(v))
+
+
 def _range(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
     if lo is not None and hi is not None:
         return f" in {'(' if lo_open else '['}{lo}, {hi}]"

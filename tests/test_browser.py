@@ -62,6 +62,14 @@ def visit(browser, url):
     return page, requests
 
 
+def slide_to_end(page, fig):
+    """Click the far end of a figure's slider, as a reader would (on screen, then wait)."""
+    fig.scroll_into_view_if_needed()
+    box = fig.locator(".slider-rail-touch-rect").bounding_box()
+    page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(300)
+
+
 def outside(requests):
     return [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
             and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
@@ -112,10 +120,7 @@ def test_quantization_bit_width_slider_changes_the_plotted_data(browser, site):
         before, bars_before = fig.evaluate(shown), fig.evaluate(drawn)
         active = "el => el.layout.sliders[0].active"
         step_before = fig.evaluate(active)
-        fig.scroll_into_view_if_needed()
-        box = fig.locator(".slider-rail-touch-rect").bounding_box()
-        page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
-        page.wait_for_timeout(300)
+        slide_to_end(page, fig)
         after = fig.evaluate(shown)
         assert len(after) == 1 and after[0][0] != before[0][0]  # another width's bars shown
         assert fig.evaluate(active) != step_before
@@ -135,10 +140,7 @@ def test_loss_surface_slider_switches_precision(browser, site):
     shown = ("el => el._fullData.filter(t => t.visible === true)"
              ".map(t => [t.index, Array.from(t.y)])")
     before = fig.evaluate(shown)
-    fig.scroll_into_view_if_needed()
-    box = fig.locator(".slider-rail-touch-rect").bounding_box()
-    page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
-    page.wait_for_timeout(300)
+    slide_to_end(page, fig)
     after = fig.evaluate(shown)
     assert len(after) == len(before) >= 2  # every (net, split) curve, at another precision
     assert {i for i, _ in after}.isdisjoint({i for i, _ in before})
