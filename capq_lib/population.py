@@ -143,12 +143,15 @@ class StackedCNN(StackedModel):
         x = x.contiguous(memory_format=torch.channels_last)
         i = 0
         for n in spec.blocks():
-            for _ in range(n):
+            for j in range(n):
                 w, bias = self[f"convs.{i}.weight"], self[f"convs.{i}.bias"]
-                x = torch.relu(nn.functional.conv2d(x, w.flatten(0, 1), bias.flatten(),
-                                                    padding=spec.kernel // 2, groups=k))
+                x = nn.functional.conv2d(x, w.flatten(0, 1), bias.flatten(),
+                                         padding=spec.kernel // 2, groups=k)
                 i += 1
-            x = same_max_pool(x)
+                if j < n - 1:
+                    x = torch.relu(x)
+            # max pooling commutes with ReLU: the block's last ReLU runs on the pooled quarter
+            x = torch.relu(same_max_pool(x))
         return _readout(self, x.reshape(b, k, -1).transpose(0, 1))
 
 

@@ -61,6 +61,39 @@ def test_table1_pooling_halves_the_map_three_times():
     assert same_max_pool(torch.arange(16.0).view(1, 1, 4, 4))[0, 0, 0, 0] == 10.0
 
 
+def _tf_reference_forward(net, x):
+    """conv -> ReLU per layer, then pad with -inf at the bottom/right and 3x3/2 max pool."""
+    from torch import nn
+
+    h, i = x, 0
+    for n in net.spec.blocks():
+        for _ in range(n):
+            h = torch.relu(net.convs[i](h))
+            i += 1
+        h = nn.functional.max_pool2d(nn.functional.pad(h, (0, 1, 0, 1), value=-torch.inf), 3, 2)
+    return net.output(h.flatten(1))
+
+
+@pytest.mark.parametrize("model", ["A", "D"])
+def test_cnn_forward_is_conv_relu_then_tf_same_pool(model):
+    """The forward pass (pool without a padded copy, the block's last ReLU after the pool)
+    computes exactly the reference definition, values and gradients."""
+    from torch import nn
+
+    from capq_lib.models import CNNSpec, build_cnn
+
+    net = build_cnn(CNNSpec(model), seed=3)
+    nn.init.normal_(net.output.weight)
+    for conv in net.convs:  # biases of both signs, so ReLUs cut inside the pooled windows
+        nn.init.normal_(conv.bias)
+    x = torch.randn(5, 1, 32, 32, requires_grad=True)
+    got, want = net(x), _tf_reference_forward(net, x)
+    assert torch.equal(got, want)
+    g_got = torch.autograd.grad(got.sum(), x)[0]
+    g_want = torch.autograd.grad(want.sum(), x)[0]
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+
+
 @pytest.mark.parametrize("units,expected", [(32, 8386), (16, 3170), (8, 1330)])
 def test_lstm_parameter_counts_one_bias_per_gate(units, expected):
     from capq_lib.models import LSTMSpec, build_lstm
