@@ -22,7 +22,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -190,6 +190,8 @@ class MemberOutcome:
     loss: float
     epochs_run: int
     model: nn.Module
+    #: the initialization this net came from (with restarts, the one that won the race)
+    init_seed: int = 0
 
 
 @dataclass
@@ -294,18 +296,34 @@ def evaluate_population(model: StackedModel, x: torch.Tensor, y: torch.Tensor,
     return correct / n.double(), loss / n.double()
 
 
+def stopping(accuracy: Sequence[float], group: Sequence[int], racing: bool) -> list[bool]:
+    """Which members stop now: those of a group (one net's restarts) in which one member has
+    memorized every sample, and, when ``racing``, all but the group's most accurate member
+    (the first of equals)."""
+    best: dict[int, int] = {}
+    for r, (a, g) in enumerate(zip(accuracy, group, strict=True)):
+        if g not in best or a > accuracy[best[g]]:
+            best[g] = r
+    return [accuracy[best[g]] == 1.0 or (racing and r != best[g]) for r, g in enumerate(group)]
+
+
 def train_population(model: StackedModel, members: Sequence[Member], x: torch.Tensor,
-                     y: torch.Tensor, shared: TrainConfig, progress: bool = False
-                     ) -> PopulationOutcome:
+                     y: torch.Tensor, shared: TrainConfig, progress: bool = False,
+                     groups: Sequence[int] | None = None) -> PopulationOutcome:
     """Train every member until it memorizes its set or the epochs run out.
 
     ``shared`` gives what all members share (epochs, schedule kind, batches per epoch,
     evaluation interval); each member brings its own lr, momentum and decay factor.
     The inner loop issues no host synchronization; the host reads accuracies only every
-    ``shared.eval_every`` epochs, to retire finished members.
+    ``shared.eval_every`` epochs, to retire finished members. Members with the same entry in
+    ``groups`` are restarts of one net: at ``shared.race_at`` of the epochs only the most
+    accurate of them trains on, and once one memorizes its set the others stop too.
     """
     validate.integer("population size", len(members), lo=1)
     device = x.device
+    group = list(groups) if groups is not None else list(range(len(members)))
+    race_epoch = max(1, round(shared.race_at * shared.epochs)) if len(set(group)) < len(
+        group) else 0
     sched = _Schedule(members, shared, device)
     seeds = torch.tensor([m.init_seed for m in members], device=device)
     alive = torch.arange(len(members), device=device)  # original member ids still training
@@ -322,8 +340,9 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
     def retire(done: torch.Tensor, epoch: int) -> None:
         acc, loss = evaluate_population(model, x, y, sched.n_t)
         for r in done.nonzero().flatten().tolist():
-            results[int(alive[r])] = MemberOutcome(float(acc[r]), float(loss[r]), epoch,
-                                                   model.member(r))
+            k = int(alive[r])
+            results[k] = MemberOutcome(float(acc[r]), float(loss[r]), epoch, model.member(r),
+                                       members[k].init_seed)
 
     for epoch in range(1, shared.epochs + 1):
         order = epoch_order(seeds, epoch, sched.n_t, x.shape[1])
@@ -355,9 +374,11 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
                         p.addcmul_(lr.view(shape), buf, value=-1.0)
         model_epochs += alive.numel()
         bar.update(1)
-        if epoch % shared.eval_every == 0 and epoch < shared.epochs:
+        racing = epoch == race_epoch
+        if (epoch % shared.eval_every == 0 or racing) and epoch < shared.epochs:
             acc, _ = evaluate_population(model, x, y, sched.n_t)
-            done = acc == 1.0
+            done = torch.tensor(stopping(acc.tolist(), [group[k] for k in alive.tolist()],
+                                         racing), device=device)
             if bool(done.any()):
                 retire(done, epoch)
                 keep = (~done).nonzero().flatten()
@@ -404,19 +425,35 @@ def train_members(spec: ModelSpec, members: Sequence[Member], shared: TrainConfi
     """
     x, y = data if data is not None else stack_memorization_sets(members, spec.input_shape,
                                                                  device)
-    per = members_per_pass(spec, members, shared, device)
-    # passes of similar N waste less on padding to the largest member's batch
-    order = sorted(range(len(members)), key=lambda k: members[k].n_samples)
+    r = shared.restarts
+    # restart j of member i: same data, its own initialization (j = 0: the member's own)
+    runs = [replace(m, init_seed=restart_seed(m.init_seed, j)) for m in members
+            for j in range(r)]
+    owner = [i for i in range(len(members)) for _ in range(r)]
+    # a pass holds whole races; passes of similar N waste less on padding to the largest
+    # member's batch
+    per = max(1, members_per_pass(spec, runs, shared, device) // r) * r
+    order = sorted(range(len(runs)), key=lambda k: (runs[k].n_samples, owner[k]))
     outcomes: dict[int, MemberOutcome] = {}
     wall, work = 0.0, 0
-    for i in range(0, len(members), per):
+    for i in range(0, len(runs), per):
         ids = order[i:i + per]
-        group = [members[k] for k in ids]
-        n_max = max(m.n_samples for m in group)
-        rows = torch.tensor(ids, device=x.device)
-        model = stacked(spec, [m.init_seed for m in group], device)
-        out = train_population(model, group, x[rows, :n_max], y[rows, :n_max], shared, progress)
+        batch = [runs[k] for k in ids]
+        n_max = max(m.n_samples for m in batch)
+        rows = torch.tensor([owner[k] for k in ids], device=x.device)
+        model = stacked(spec, [m.init_seed for m in batch], device)
+        out = train_population(model, batch, x[rows, :n_max], y[rows, :n_max], shared,
+                               progress, groups=[owner[k] for k in ids])
         outcomes.update(zip(ids, out.members, strict=True))
         wall += out.wall_time_s
         work += out.model_epochs
-    return PopulationOutcome([outcomes[k] for k in range(len(members))], wall, work)
+    # each member's net: the most accurate of its restarts (the race's winner, which
+    # trained longest, among equals)
+    best = [max((outcomes[i * r + j] for j in range(r)),
+                key=lambda o: (o.accuracy, o.epochs_run)) for i in range(len(members))]
+    return PopulationOutcome(best, wall, work)
+
+
+def restart_seed(init_seed: int, restart: int) -> int:
+    """The initialization seed of a net's ``restart``-th restart (0: its own seed)."""
+    return init_seed if restart == 0 else (init_seed + restart * 0x9E3779B1) % 2**31

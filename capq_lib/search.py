@@ -56,6 +56,9 @@ class CapacityStudy:
     optimizer: str = "sgd"
     eval_every: int = 25
     population: int = 16
+    #: initializations raced per trial (TrainConfig.restarts) and when the race is decided
+    restarts: int = 1
+    race_at: float = 0.25
     # stage 1: N grid with one recipe
     stage1_n_per_param: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
     stage1_lr: float = 0.1
@@ -139,13 +142,16 @@ class CapacityStudy:
     def search_config(self) -> dict[str, Any]:
         """What decides a study's trials, apart from the architecture and profile."""
         skip = {*self.selection, "profile", "population"}
+        if self.restarts == 1:  # no race: the same studies as before races existed
+            skip |= {"restarts", "race_at"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def train_config(self, model: str | None = None) -> TrainConfig:
         epochs = self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
         return TrainConfig(epochs=epochs, schedule=self.schedule,
                            batches_per_epoch=self.batches_per_epoch, eval_every=self.eval_every,
-                           optimizer=self.optimizer)
+                           optimizer=self.optimizer, restarts=self.restarts,
+                           race_at=self.race_at)
 
 
 @dataclass(frozen=True)
@@ -445,6 +451,7 @@ def run_claim(arch: ArchSearch, claim_: Claim, device: torch.device) -> None:
         info = mutual_information(m.n_samples, res.accuracy)
         for k, v in {"stage": planned.stage, "accuracy": res.accuracy, "loss": res.loss,
                      "epochs_run": res.epochs_run, "mutual_info": info, "seed": seed,
+                     "init_seed": res.init_seed,
                      "decay_factor": m.decay_factor, "device": where,
                      "population_wall_s": out.wall_time_s,
                      "population_size": len(members)}.items():

@@ -38,6 +38,11 @@ class TrainConfig:
     batches_per_epoch: int = 8
     eval_every: int = 25
     optimizer: str = "sgd"
+    #: initializations raced per net (populations only): at ``race_at`` of the epochs each
+    #: net keeps the restart that has memorized most and the others stop; memorization of
+    #: random labels varies a lot with the initialization, and the ranking settles early
+    restarts: int = 1
+    race_at: float = 0.25
 
     def __post_init__(self) -> None:
         validate.integer("epochs", self.epochs, lo=1)
@@ -48,9 +53,16 @@ class TrainConfig:
         validate.integer("batches_per_epoch", self.batches_per_epoch, lo=1)
         validate.integer("eval_every", self.eval_every, lo=1)
         validate.choice("optimizer", self.optimizer, OPTIMIZERS)
+        validate.integer("restarts", self.restarts, lo=1, hi=64)
+        validate.number("race_at", self.race_at, lo=0.0, hi=0.95, lo_open=True)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields; without restarts and race_at when there is no race, so the keys of
+        results cached before races existed still match."""
+        out = asdict(self)
+        if self.restarts == 1:
+            del out["restarts"], out["race_at"]
+        return out
 
 
 _MASK32 = 0xFFFFFFFF
@@ -126,6 +138,10 @@ def evaluate(model: nn.Module, data: MemorizationSet, chunk: int = 65536) -> tup
 def memorize(model: nn.Module, data: MemorizationSet, config: TrainConfig, seed: int = 0,
              progress: bool = False) -> TrainOutcome:
     """Train ``model`` on ``data`` until every sample is memorized or the epochs run out."""
+    if config.restarts != 1:
+        raise validate.ConfigError(
+            f"restarts must be 1 to train one net, got {config.restarts}; races of "
+            "initializations run in populations (population.train_members)")
     device = next(model.parameters()).device
     data = data.to(device)
     n = data.n_samples

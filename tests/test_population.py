@@ -66,3 +66,50 @@ def test_cnn_and_lstm_members_match_training_alone(spec, optimizer):
     assert_members_match_training_alone(
         spec, [Member(48, 0.01, 0.9, 0.1, 0, 0), Member(20, 0.02, 0.8, 0.1, 1, 3)],
         TrainConfig(epochs=4, eval_every=2, optimizer=optimizer))
+
+
+def test_stopping_keeps_each_groups_most_accurate_member_in_a_race():
+    from capq_lib.population import stopping
+
+    acc, group = [0.7, 0.9, 0.9, 0.6, 0.5], [0, 0, 0, 1, 1]
+    assert stopping(acc, group, racing=False) == [False] * 5
+    # ties go to the first; a lone group member always trains on
+    assert stopping(acc, group, racing=True) == [True, False, True, False, True]
+    # a restart that memorized everything ends its whole group, raced or not
+    assert stopping([0.8, 1.0, 0.9], [0, 0, 1], racing=False) == [True, True, False]
+    # without groups (each member its own), only members at accuracy 1 stop
+    assert stopping([1.0, 0.9], [0, 1], racing=True) == [True, False]
+
+
+def test_restarts_race_and_the_winner_is_the_net_trained_alone():
+    """Three initializations per net: the losers stop at race_at of the epochs (the work
+    counts it), and each net's result is its winning initialization trained alone."""
+    from capq_lib.population import restart_seed
+
+    members = [Member(400, 0.05, 0.9, 0.1, 5, 7), Member(300, 0.05, 0.9, 0.1, 6, 8)]
+    shared = TrainConfig(epochs=40, eval_every=1000, restarts=3, race_at=0.25)
+    out = train_members(SPEC, members, shared, torch.device("cpu"))
+    assert out.model_epochs == len(members) * (3 * 10 + 30)
+    for m, got in zip(members, out.members, strict=True):
+        assert got.init_seed in {restart_seed(m.init_seed, j) for j in range(3)}
+        assert got.epochs_run == 40
+        winner = Member(m.n_samples, m.lr, m.momentum, m.decay_factor, m.data_seed,
+                        got.init_seed)
+        alone = train_members(SPEC, [winner], TrainConfig(epochs=40, eval_every=1000),
+                              torch.device("cpu")).members[0]
+        assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
+    # restart 0 is the member's own initialization
+    assert restart_seed(7, 0) == 7 and len({restart_seed(7, j) for j in range(5)}) == 5
+
+
+def test_restarts_are_checked_and_refused_for_one_net():
+    with pytest.raises(ConfigError, match="restarts"):
+        TrainConfig(restarts=0)
+    with pytest.raises(ConfigError, match="race_at"):
+        TrainConfig(restarts=2, race_at=1.0)
+    net = build(SPEC, 0)
+    with pytest.raises(ConfigError, match="restarts must be 1"):
+        memorize(net, memorization_set(10, SPEC.n_in, 0), TrainConfig(restarts=2))
+    # configs without a race keep the keys they had before races existed
+    assert "restarts" not in TrainConfig().as_dict()
+    assert TrainConfig(restarts=2).as_dict()["restarts"] == 2
