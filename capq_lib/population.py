@@ -147,6 +147,8 @@ class StackedCNN(StackedModel):
                 w, bias = self[f"convs.{i}.weight"], self[f"convs.{i}.bias"]
                 x = nn.functional.conv2d(x, w.flatten(0, 1), bias.flatten(),
                                          padding=spec.kernel // 2, groups=k)
+                if i == 0:  # one member's 1-channel input reads as NCHW: 3.5x slower steps
+                    x = x.contiguous(memory_format=torch.channels_last)
                 i += 1
                 if j < n - 1:
                     x = torch.relu(x)
