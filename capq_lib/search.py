@@ -79,8 +79,14 @@ class CapacityStudy:
     def __post_init__(self) -> None:
         validate.lists_to_tuples(self)
         for name in ("stage1_n_per_param", "stage2_lrs", "stage2_momenta",
-                     "stage2_decay_factors", "stage2_n_factors"):
+                     "stage2_decay_factors"):
             object.__setattr__(self, name, validate.non_empty(name, getattr(self, name)))
+        # no N factors: no stage 2 (a profile that can afford only the N grid)
+        object.__setattr__(self, "stage2_n_factors", tuple(self.stage2_n_factors))
+        if not self.stage2_n_factors and self.stage3_trials:
+            raise validate.ConfigError(
+                "stage3_trials must be 0 when stage2_n_factors is empty: stage 3 searches "
+                "around stage 2's best trials")
         self._check_selection()
         validate.integer("population", self.population, lo=1, hi=100000)
         validate.integer("stage3_trials", self.stage3_trials, lo=0, hi=100000)
@@ -399,6 +405,8 @@ def claim(arch: ArchSearch, storage: Storage, k: int) -> Claim:
                 return _ask_planned(study, arch, todo, k)
             if (running.stage == stage).any():
                 return Claim("wait")
+        if not arch.study.stage3_trials:
+            return Claim("done")
         s3_name = arch.name + "/stage3"
         names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
         s2 = complete[complete.stage == 2]

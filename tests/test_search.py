@@ -163,3 +163,16 @@ def test_two_workers_share_one_postgresql_study(tmp_path):
               for t in optuna.load_study(study_name=n, storage=store.optuna).get_trials()
               if "seeded_from" not in t.user_attrs]
     check_budget(trials)
+
+
+def test_without_n_factors_the_search_is_stage_1_alone_with_raced_restarts(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = FCDNNCapacityStudy(**{**TINY, "stage2_n_factors": [], "stage3_trials": 0,
+                                  "restarts": 2, "race_at": 0.3})
+    run_worker(study, device="cpu", storage=url, progress=False)
+    trials = study_trials(study, url)
+    assert sorted(trials.stage) == [1, 1, 1]
+    # each trial reports the initialization that won its race
+    assert trials.init_seed.notna().all()
+    with pytest.raises(ConfigError, match="stage3_trials must be 0"):
+        FCDNNCapacityStudy(**{**TINY, "stage2_n_factors": []})
