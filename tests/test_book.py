@@ -9,8 +9,8 @@ import pytest
 
 from .conftest import ROOT, run_capq
 
-CHAPTERS = {"intro": 0, "mutual-information": 2, "fcdnn-capacity": 5, "cnn-capacity": 2,
-            "rnn-capacity": 3, "quantization": 6, "real-tasks": 5, "loss-surfaces": 3}
+CHAPTERS = {"intro": 1, "mutual-information": 2, "fcdnn-capacity": 5, "cnn-capacity": 2,
+            "rnn-capacity": 2, "quantization": 6, "real-tasks": 5, "loss-surfaces": 3}
 
 
 def git_status() -> str:
