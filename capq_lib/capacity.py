@@ -1,16 +1,18 @@
 """Capacity measurement: train at many N (and a few hyperparameters), C = max over them of I.
 
-One *trial* trains one net on one random set; its outcome is cached, so a sweep that is
-interrupted resumes with the trials it had not finished. The capacity of an architecture
-is the largest Eq. (1) value over its trials, taking for each N the best accuracy any
-hyperparameter setting reached (Sec. 4.1: "the best accuracy obtained when attempted with
-different hyper parameters").
+The search (``search.py``) finds where Eq. (1)'s I peaks over N, taking for each N the best
+accuracy any hyperparameter setting reached (Sec. 4.1: "the best accuracy obtained when
+attempted with different hyper parameters"), brackets that peak and trains the winner again
+with fresh seeds. The capacity reported is the replicates' mean (with their spread): the
+search's own maximum, the best of many single-seed trials, is biased upwards and is kept
+beside it so the bias shows.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -18,10 +20,11 @@ from . import progress as progress_bars
 from . import validate
 from .datasets import check_size, memorization_set
 from .devices import describe, resolve_device
-from .info import bits_per_parameter, conv_bits_per_parameter, mutual_information
+from .info import conv_bits_per_parameter, mutual_information
+from .maxima import best_per_n, peak
 from .models import FCDNNSpec, build_fcdnn
 from .results import ResultsCache
-from .search import CapacityStudy, run_worker, study_trials
+from .search import CapacityStudy, replicate_tag, run_worker, study_trials
 from .train import TrainConfig, memorize
 
 TRIAL_KIND = "memorization-trial"
@@ -81,40 +84,65 @@ def run_trials(trials: list[MemorizationTrial], device: str = "auto",
 
 def capacity_curve(trials: pd.DataFrame) -> pd.DataFrame:
     """Per model and N: the best accuracy over hyperparameters and seeds, and its I."""
-    best = trials.loc[trials.groupby(["model", "n_samples"])["accuracy"].idxmax()]
-    best = best.sort_values(["params", "n_samples"]).reset_index(drop=True)
-    best["mutual_info"] = mutual_information(best["n_samples"], best["accuracy"])
-    return best
+    return best_per_n(trials)
 
 
 #: per-family columns that ``search.spec_columns`` adds and summaries carry along
 SPEC_COLUMNS = ("width", "depth", "params_conv", "params_fc", "units")
+#: stages whose trials make up the search (stage 5 replicates the winner)
+SEARCH_STAGES = (1, 2, 3, 4)
+
+
+def replicates_of(trials: pd.DataFrame, winner: pd.Series) -> pd.DataFrame:
+    """The stage-5 trials of ``winner``'s model, N and recipe."""
+    decay = winner.get("decay_factor")
+    tag = replicate_tag(int(winner.n_samples), float(winner.lr), float(winner.momentum),
+                        float(decay) if decay == decay and decay is not None else 0.1)
+    if "plan" not in trials:
+        return trials.iloc[0:0]
+    mine = trials[(trials.model == winner.model) & (trials.stage == 5)]
+    return mine[mine.plan.astype(str).str.startswith(tag + ":")]
 
 
 def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per model: capacity C = max_N I, the N and p there, and bits per parameter."""
-    curve = capacity_curve(trials)
-    at_max = curve.loc[curve.groupby("model")["mutual_info"].idxmax()]
-    swept = {m: sorted(g.n_samples.tolist()) for m, g in curve.groupby("model")}
-    out = at_max[["model", "params", *[c for c in SPEC_COLUMNS if c in at_max]]].copy()
-    out["capacity_bits"] = at_max["mutual_info"]
-    out["bits_per_param"] = bits_per_parameter(at_max["mutual_info"], at_max["params"])
-    out["n_at_max"], out["p_at_max"] = at_max["n_samples"], at_max["accuracy"]
-    out["lr_at_max"] = at_max["lr"]
-    out["n_swept"] = [swept[m] for m in at_max["model"]]
-    # a maximum at either end of the N grid means the grid missed the true peak
-    out["interior_max"] = [swept[m][0] < n < swept[m][-1]
-                           for m, n in zip(at_max["model"], at_max["n_samples"], strict=True)]
-    if "params_conv" in out:  # the paper's conv share, assuming 2.3 bits per FC parameter
-        out["conv_bits_per_param"] = [
-            conv_bits_per_parameter(c, f, v) for c, f, v in
-            zip(out.capacity_bits, out.params_fc, out.params_conv, strict=True)]
-    return out.sort_values("params").reset_index(drop=True)
+    """Per model: the capacity C (the mean I of the winner's replicates, with their standard
+    deviation, beside the search's own maximum), whether the search's peak is bracketed,
+    the N and p there, and bits per parameter (of the mean)."""
+    searched = trials[trials.stage.isin(SEARCH_STAGES)]
+    curve = best_per_n(searched)
+    rows = []
+    for model, c in curve.groupby("model", sort=False):
+        top = peak(c)
+        at = c[c.n_samples == top.n_at_max].iloc[0]
+        reps = replicates_of(trials, at)
+        info = mutual_information(reps.n_samples, reps.accuracy) if len(reps) else []
+        mean = float(np.mean(info)) if len(reps) else top.mutual_info
+        sd = float(np.std(info, ddof=1)) if len(reps) > 1 else float("nan")
+        params = int(at.params)
+        row = {"model": model, "params": params,
+               **{k: at[k] for k in SPEC_COLUMNS if k in at and at[k] == at[k]},
+               "capacity_bits": mean, "capacity_bits_mean": mean, "capacity_bits_sd": sd,
+               "capacity_bits_search_max": top.mutual_info, "replicates": len(reps),
+               "bits_per_param": mean / params, "bits_per_param_sd": sd / params,
+               "n_at_max": top.n_at_max, "p_at_max": float(at.accuracy),
+               "p_replicates": float(reps.accuracy.mean()) if len(reps) else float("nan"),
+               "lr_at_max": float(at.lr), "momentum_at_max": float(at.momentum),
+               "n_swept": sorted(int(n) for n in c.n_samples),
+               "n_grid_max": top.n_max, "p_at_n_grid_max": top.p_at_n_max,
+               "bracketed": top.bracketed,
+               "bracket_trials": int((searched[searched.model == model].stage == 4).sum())}
+        if "params_conv" in row:  # the paper's conv share, assuming 2.3 bits per FC parameter
+            row["conv_bits_per_param"] = conv_bits_per_parameter(
+                mean, int(row["params_fc"]), int(row["params_conv"]))
+            row["conv_bits_per_param_sd"] = sd / int(row["params_conv"])
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("params").reset_index(drop=True)
 
 
 @dataclass
 class CapacityResult:
-    """Every trial, the accuracy-against-N curve of the grid stages, one row per model."""
+    """Every trial, the accuracy-against-N curve of the grid stages (1, 2 and the bracket
+    extension 4), one row per model."""
 
     trials: pd.DataFrame
     curve: pd.DataFrame
@@ -135,4 +163,5 @@ def measure_capacity(study: CapacityStudy, device: str = "auto", storage: str | 
         cache.put(study.experiment, config, {**row, "profile": study.profile,
                                              "trials": len(mine)},
                   ", ".join(sorted(set(mine.device))), float(mine.train_wall_s.sum()))
-    return CapacityResult(trials, capacity_curve(trials[trials.stage < 3]), summary)
+    grid = trials[trials.stage.isin([1, 2, 4])]  # stage 3's scattered N would blur it
+    return CapacityResult(trials, capacity_curve(grid), summary)

@@ -6,10 +6,19 @@ lower than 1"). Stage 2 trains a coarse grid of learning rate x momentum (x deca
 at N near N1; its best points set the bounds of stage 3, a Gaussian-process Bayesian
 optimisation over the hyperparameters *and* N, with Eq. (1)'s I as the objective.
 
+Two stages follow, so that what the search reports is a maximum and not an anecdote.
+Stage 4 *brackets* the peak of I: while no trained N on one side of the best N holds less
+information, it trains the best recipe one geometric step past the last N on that side,
+within a budget (a peak left unbracketed is only a lower bound). Stage 5 *replicates* the
+winner: the best (N, recipe) trained again with fresh data and initializations, so the
+capacity is a mean with a spread, and the search's own maximum, biased upwards by being the
+best of many single-seed trials, can be shown beside it.
+
 Trials are claimed K at a time under the storage's lock and trained as one population.
-Stages 1 and 2 are fixed plans, so a claimed plan item is never run twice; stage 3 has a
-budget that is never overshot. Every trial persists in the storage when it finishes, so a
-killed worker loses only the trials it was running, and a rerun picks up the rest.
+Stages 1, 2, 4 and 5 are plans that follow from finished trials, so a claimed plan item is
+never run twice; stage 3 has a budget that is never overshot. Every trial persists in the
+storage when it finishes, so a killed worker loses only the trials it was running, and a
+rerun picks up the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from . import validate
 from .datasets import check_size
 from .devices import describe, resolve_device
 from .info import mutual_information
+from .maxima import best_per_n, peak
 from .models import TABLE1, CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec
 from .population import Member, train_members
 from .progress import bar as progress_bar
@@ -74,6 +84,12 @@ class CapacityStudy:
     lr_range: tuple[float, float] = (0.001, 1.0)
     momentum_range: tuple[float, float] = (0.5, 0.99)
     decay_range: tuple[float, float] = (0.1, 0.5)
+    # stage 4: extend N by this factor past the edge of what was trained until the peak of I
+    # is bracketed, at most this many trials per architecture
+    bracket_factor: float = 1.25
+    bracket_trials: int = 4
+    # stage 5: the winning (N, recipe) trained again with this many fresh seeds
+    replicates: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +106,9 @@ class CapacityStudy:
         self._check_selection()
         validate.integer("population", self.population, lo=1, hi=100000)
         validate.integer("stage3_trials", self.stage3_trials, lo=0, hi=100000)
+        validate.number("bracket_factor", self.bracket_factor, lo=1.0, hi=10.0, lo_open=True)
+        validate.integer("bracket_trials", self.bracket_trials, lo=0, hi=1000)
+        validate.integer("replicates", self.replicates, lo=0, hi=1000)
         validate.number("target_accuracy", self.target_accuracy, lo=0.5, hi=1.0)
         for r in self.stage1_n_per_param:
             validate.number("stage1_n_per_param", r, lo=0.0, hi=1000.0, lo_open=True)
@@ -146,8 +165,11 @@ class CapacityStudy:
         return [ArchSearch(spec, self) for spec in self.specs()]
 
     def search_config(self) -> dict[str, Any]:
-        """What decides a study's trials, apart from the architecture and profile."""
-        skip = {*self.selection, "profile", "population"}
+        """What decides a study's trials, apart from the architecture and profile. Stages 4
+        and 5 follow from the trials before them, so their budgets are left out: a larger
+        budget extends a finished study instead of starting a new one."""
+        skip = {*self.selection, "profile", "population", "bracket_factor", "bracket_trials",
+                "replicates"}
         if self.restarts == 1:  # no race: the same studies as before races existed
             skip |= {"restarts", "race_at"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -223,6 +245,11 @@ class RNNCapacityStudy(CapacityStudy):
 STUDIES: dict[str, type[CapacityStudy]] = {
     c.experiment: c for c in (FCDNNCapacityStudy, CNNCapacityStudy, RNNCapacityStudy)}
 EXPERIMENTS = tuple(STUDIES)
+
+
+def replicate_tag(n_samples: int, lr: float, momentum: float, decay_factor: float) -> str:
+    """The plan-key prefix of the replicates of a winner (stage 5)."""
+    return f"s5:{n_samples}:{lr:.6g}:{momentum:.6g}:{decay_factor:.6g}"
 
 
 def _inside(name: str, value: float, bounds: tuple[float, float]) -> None:
@@ -318,6 +345,52 @@ class ArchSearch:
                         i += 1
         return out
 
+    def winner(self, searched: pd.DataFrame) -> pd.Series:
+        """The trial at the peak of I: the best accuracy at the best N (stages 1-4)."""
+        curve = best_per_n(searched.assign(model=self.spec.name, params=self.spec.n_params))
+        n_star = peak(curve).n_at_max
+        at = searched[searched.n_samples == n_star]
+        return at.loc[at.accuracy.idxmax()]
+
+    def _recipe(self, row: pd.Series) -> dict[str, Any]:
+        decay = row.get("decay_factor")
+        if decay is None or decay != decay:
+            decay = self.study.stage2_decay_factors[0]
+        return {"lr": float(row.lr), "momentum": float(row.momentum),
+                "decay_factor": float(decay)}
+
+    def bracket_plan(self, searched: pd.DataFrame) -> list[Planned]:
+        """Stage 4: the next N to train with the winner's recipe, one geometric step past the
+        largest (smallest) N trained when no N on that side holds less I; nothing when the
+        peak is bracketed, the budget is spent or the inputs cannot hold more samples."""
+        s = self.study
+        curve = best_per_n(searched.assign(model=self.spec.name, params=self.spec.n_params))
+        top = peak(curve)
+        spent = int((searched.stage == 4).sum())
+        if top.bracketed or spent >= s.bracket_trials:
+            return []
+        recipe = self._recipe(self.winner(searched))
+        out = []
+        if not top.lower_above:
+            n = _round_n(curve.n_samples.max() * s.bracket_factor)
+            if n < 2 ** self.n_in:
+                out.append(Planned(4, f"s4:{n}", {"n_samples": n, **recipe}))
+        if not top.lower_below and curve.n_samples.min() > 1:
+            n = max(1, _round_n(curve.n_samples.min() / s.bracket_factor))
+            if n < curve.n_samples.min():
+                out.append(Planned(4, f"s4:{n}", {"n_samples": n, **recipe}))
+        return out[:s.bracket_trials - spent]
+
+    def replicate_plan(self, searched: pd.DataFrame) -> list[Planned]:
+        """Stage 5: the winner's N and recipe, ``replicates`` times, each with its own data
+        and initialization (the plan key names the winner, so a new winner gets new ones)."""
+        w = self.winner(searched)
+        recipe = self._recipe(w)
+        n = int(w.n_samples)
+        tag = replicate_tag(n, **recipe)
+        return [Planned(5, f"{tag}:{j}", {"n_samples": n, **recipe})
+                for j in range(self.study.replicates)]
+
     def stage3_bounds(self, stage2: pd.DataFrame) -> dict[str, tuple[float, float]]:
         """Bounds around stage 2's best quarter, one grid step wider, inside the limits."""
         s = self.study
@@ -376,10 +449,13 @@ class Claim:
 
 
 def _ask_planned(study: optuna.Study, arch: ArchSearch, todo: list[Planned], k: int) -> Claim:
-    dists = arch.distributions()
     out = []
     for item in todo[:k]:
-        params = {n: item.params[n] for n in dists}
+        dists = arch.distributions()
+        lo, hi = dists["n_samples"].low, dists["n_samples"].high
+        n = int(item.params["n_samples"])  # stage 4 may step outside the grid's range
+        dists["n_samples"] = IntDistribution(min(lo, n), max(hi, n), log=True)
+        params = {name: item.params[name] for name in dists}
         study.enqueue_trial(params, user_attrs={"stage": item.stage, "plan": item.key},
                             skip_if_exists=False)
         trial = study.ask(dists)
@@ -389,7 +465,8 @@ def _ask_planned(study: optuna.Study, arch: ArchSearch, todo: list[Planned], k: 
 
 
 def claim(arch: ArchSearch, storage: Storage, k: int) -> Claim:
-    """Under the storage lock: fail dead workers' trials, then claim up to k trials."""
+    """Under the storage lock: fail dead workers' trials, then claim up to k trials of the
+    first stage with work left (a stage waits for the running trials of the one before)."""
     with storage.lock():
         study = open_study(storage, arch.name, arch.attrs())
         fail_abandoned(study)
@@ -405,38 +482,55 @@ def claim(arch: ArchSearch, storage: Storage, k: int) -> Claim:
                 return _ask_planned(study, arch, todo, k)
             if (running.stage == stage).any():
                 return Claim("wait")
-        if not arch.study.stage3_trials:
-            return Claim("done")
-        s3_name = arch.name + "/stage3"
-        names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
-        s2 = complete[complete.stage == 2]
-        bounds = arch.stage3_bounds(s2)
-        sampler = optuna.samplers.GPSampler(seed=arch.study.seed + len(complete),
-                                            n_startup_trials=min(4, len(s2)))
-        s3 = open_study(storage, s3_name, {**arch.attrs(), "stage": 3}, sampler=sampler)
-        if s3_name not in names:
-            s3.set_user_attr("bounds", bounds)
-            dists = arch.distributions(bounds)
-            for _, row in s2.iterrows():  # stage 2's results, where they fit, seed the GP
-                params = {n: row[n] for n in dists}
-                if all(d.low <= params[n] <= d.high for n, d in dists.items()):
-                    s3.add_trial(optuna.trial.create_trial(
-                        params=params, distributions=dists, value=row["mutual_info"],
-                        user_attrs={SEED_ATTR: int(row["number"])}))
-        fail_abandoned(s3)
-        dists = arch.distributions({k_: tuple(v) for k_, v in s3.user_attrs["bounds"].items()})
-        live = trials_frame(s3, (TrialState.COMPLETE, TrialState.RUNNING))
-        left = arch.study.stage3_trials - len(live)
-        if left <= 0:
-            return Claim("wait" if (live.state == "RUNNING").any() else "done")
-        out = []
-        for _ in range(min(k, left)):
-            trial = s3.ask(dists)
-            trial.set_user_attr("stage", 3)
-            mark_claimed(s3, trial)
-            params = {"decay_factor": arch.study.stage2_decay_factors[0], **trial.params}
-            out.append((trial, Planned(3, f"s3:{trial.number}", params)))
-        return Claim("work", s3, out)
+        searched = complete[complete.stage.isin([1, 2, 4])]
+        if arch.study.stage3_trials:
+            s3 = _claim_stage3(arch, storage, complete, k)
+            if s3.status != "done":
+                return s3
+            s3_done = trials_frame(s3.study, (TrialState.COMPLETE,))
+            searched = pd.concat([searched, s3_done], ignore_index=True)
+        for stage, plan in ((4, arch.bracket_plan), (5, arch.replicate_plan)):
+            if (running.stage == stage).any():
+                return Claim("wait")
+            todo = [p for p in plan(searched) if p.key not in taken]
+            if todo:
+                return _ask_planned(study, arch, todo, k)
+        return Claim("done")
+
+
+def _claim_stage3(arch: ArchSearch, storage: Storage, complete: pd.DataFrame, k: int) -> Claim:
+    """Stage 3's trials (Bayesian optimisation in the bounds stage 2 set), or "done" with
+    the stage-3 study once its budget is met."""
+    s3_name = arch.name + "/stage3"
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage.optuna)}
+    s2 = complete[complete.stage == 2]
+    bounds = arch.stage3_bounds(s2)
+    sampler = optuna.samplers.GPSampler(seed=arch.study.seed + len(complete),
+                                        n_startup_trials=min(4, len(s2)))
+    s3 = open_study(storage, s3_name, {**arch.attrs(), "stage": 3}, sampler=sampler)
+    if s3_name not in names:
+        s3.set_user_attr("bounds", bounds)
+        dists = arch.distributions(bounds)
+        for _, row in s2.iterrows():  # stage 2's results, where they fit, seed the GP
+            params = {n: row[n] for n in dists}
+            if all(d.low <= params[n] <= d.high for n, d in dists.items()):
+                s3.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=dists, value=row["mutual_info"],
+                    user_attrs={SEED_ATTR: int(row["number"])}))
+    fail_abandoned(s3)
+    dists = arch.distributions({k_: tuple(v) for k_, v in s3.user_attrs["bounds"].items()})
+    live = trials_frame(s3, (TrialState.COMPLETE, TrialState.RUNNING))
+    left = arch.study.stage3_trials - len(live)
+    if left <= 0:
+        return Claim("wait" if (live.state == "RUNNING").any() else "done", s3)
+    out = []
+    for _ in range(min(k, left)):
+        trial = s3.ask(dists)
+        trial.set_user_attr("stage", 3)
+        mark_claimed(s3, trial)
+        params = {"decay_factor": arch.study.stage2_decay_factors[0], **trial.params}
+        out.append((trial, Planned(3, f"s3:{trial.number}", params)))
+    return Claim("work", s3, out)
 
 
 def _seed(key: str, base: int) -> int:
@@ -480,10 +574,12 @@ def run_worker(study: CapacityStudy, device: str = "auto", storage: str | None =
     store = Storage(storage)
     searches = study.searches()
     start, ran = time.perf_counter(), 0
+    # stage 4 may need fewer trials than its budget: the total is an upper bound
     total = sum(len(a.stage1_plan()) + len(study.stage2_n_factors) * len(study.stage2_lrs)
                 * len(study.stage2_momenta) * (len(study.stage2_decay_factors)
                                                if study.schedule == "step" else 1)
-                + study.stage3_trials for a in searches)
+                + study.stage3_trials + study.bracket_trials + study.replicates
+                for a in searches)
     bar = progress_bar(total=total, desc="capacity search", unit="trial", disable=not progress)
     bar.update(sum(len(arch_trials(a, store)) for a in searches))
     while True:

@@ -10,15 +10,24 @@ TINY = dict(widths=[12], depths=[1], stage1_n_per_param=[0.5, 1.0, 2.0, 3.0, 5.0
             stage3_trials=2, epochs=600, population=8, profile="test")
 
 
-def test_capacity_search_finds_an_interior_maximum(cache):
+def test_capacity_search_finds_a_bracketed_maximum_and_replicates_it(cache):
     result = measure_capacity(FCDNNCapacityStudy(**TINY), device="cpu", cache=cache,
                             progress=False)
     row = result.summary.iloc[0]
-    ns = sorted(result.trials.n_samples)
-    assert ns[0] < row.n_at_max < ns[-1]
-    # the maximum really is the largest Eq. (1) value over every trial
-    assert row.capacity_bits == pytest.approx(result.trials.mutual_info.max())
-    assert row.capacity_bits == pytest.approx(mutual_information(row.n_at_max, row.p_at_max))
+    search = result.trials[result.trials.stage < 5]
+    ns = sorted(search.n_samples)
+    assert ns[0] < row.n_at_max < ns[-1] and row.bracketed
+    # the search's maximum really is the largest Eq. (1) value over every search trial
+    assert row.capacity_bits_search_max == pytest.approx(search.mutual_info.max())
+    assert row.capacity_bits_search_max == pytest.approx(
+        mutual_information(row.n_at_max, row.p_at_max))
+    # the capacity reported is the mean of three fresh trainings of the winner
+    reps = result.trials[result.trials.stage == 5]
+    assert row.replicates == len(reps) == 3 and (reps.n_samples == row.n_at_max).all()
+    assert row.capacity_bits == pytest.approx(reps.mutual_info.mean())
+    assert row.capacity_bits_sd == pytest.approx(reps.mutual_info.std(ddof=1))
+    assert row.bits_per_param == pytest.approx(row.capacity_bits / row.params)
+    assert row.n_grid_max == ns[-1] and 0.5 <= row.p_at_n_grid_max < 1
     # over-parameterized end: memorized; under-parameterized end: far from it
     grid = result.curve.sort_values("n_samples")
     assert grid.iloc[0].accuracy == 1.0 and grid.iloc[-1].accuracy < 0.95
@@ -26,14 +35,15 @@ def test_capacity_search_finds_an_interior_maximum(cache):
 
 
 def test_second_run_trains_nothing_and_records_the_summary(cache):
-    study = FCDNNCapacityStudy(**{**TINY, "epochs": 30, "stage3_trials": 1})
+    study = FCDNNCapacityStudy(**{**TINY, "epochs": 30, "stage3_trials": 1,
+                                  "bracket_trials": 0})
     first = measure_capacity(study, device="cpu", cache=cache, progress=False)
     again = measure_capacity(study, device="cpu", cache=cache, progress=False)
     assert first.trials.sort_values("number").equals(again.trials.sort_values("number"))
     assert first.summary.capacity_bits.tolist() == again.summary.capacity_bits.tolist()
     records = cache.records("fcdnn-capacity")
     assert {r["result"]["profile"] for r in records} == {"test"}
-    assert records[-1]["result"]["trials"] == 5 + 2 + 1
+    assert records[-1]["result"]["trials"] == 5 + 2 + 1 + 3  # grid, stage 2, stage 3, replicates
 
 
 def test_an_impossible_grid_is_refused_before_training(cache):

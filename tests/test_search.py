@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -20,8 +21,8 @@ from .conftest import ROOT
 
 TINY = dict(widths=[10], depths=[1], epochs=15, population=4, stage1_n_per_param=[0.5, 1, 2],
             stage2_lrs=[0.1, 0.3], stage2_momenta=[0.9], stage2_n_factors=[1.0],
-            stage3_trials=3, profile="test")
-BUDGET = 3 + 2 + 3  # stage 1 grid + stage 2 grid + stage 3 trials
+            stage3_trials=3, bracket_trials=0, replicates=2, profile="test")
+BUDGET = 3 + 2 + 3 + 2  # stage 1 grid + stage 2 grid + stage 3 trials + replicates
 
 
 def complete_trials(url, study):
@@ -39,7 +40,7 @@ def check_budget(trials):
     done = [t for t in trials if t[2] == TrialState.COMPLETE]
     assert len(done) == BUDGET
     plans = [t[3] for t in done if t[3] is not None]
-    assert len(plans) == 5 and len(set(plans)) == 5  # every planned trial exactly once
+    assert len(plans) == 7 and len(set(plans)) == 7  # every planned trial exactly once
     assert Counter(t[0].endswith("/stage3") for t in done)[True] == 3
     return done
 
@@ -52,7 +53,7 @@ def test_search_meets_its_budget_and_a_rerun_trains_nothing(tmp_path):
     check_budget(complete_trials(url, study))
     assert run_worker(study, "cpu", url, progress=False).trials_run == 0
     trials = study_trials(study, url)
-    assert sorted(Counter(trials.stage).items()) == [(1, 3), (2, 2), (3, 3)]
+    assert sorted(Counter(trials.stage).items()) == [(1, 3), (2, 2), (3, 3), (5, 2)]
     s3 = trials[trials.stage == 3]
     assert s3.n_samples.between(1, 2**10 - 1).all() and (s3.lr > 0).all()
 
@@ -171,8 +172,82 @@ def test_without_n_factors_the_search_is_stage_1_alone_with_raced_restarts(tmp_p
                                   "restarts": 2, "race_at": 0.3})
     run_worker(study, device="cpu", storage=url, progress=False)
     trials = study_trials(study, url)
-    assert sorted(trials.stage) == [1, 1, 1]
+    assert sorted(trials.stage) == [1, 1, 1, 5, 5]
     # each trial reports the initialization that won its race
     assert trials.init_seed.notna().all()
     with pytest.raises(ConfigError, match="stage3_trials must be 0"):
         FCDNNCapacityStudy(**{**TINY, "stage2_n_factors": []})
+
+
+def searched(points, model="1x10"):
+    """Finished trials at (N, accuracy, lr) points, as the search sees them."""
+    return pd.DataFrame([{"stage": stage, "n_samples": n, "accuracy": p, "lr": lr,
+                          "momentum": 0.9, "decay_factor": 0.1, "model": model}
+                         for stage, n, p, lr in points])
+
+
+def arch(**kw):
+    return FCDNNCapacityStudy(**{**TINY, "bracket_trials": 3, "bracket_factor": 1.5,
+                                 **kw}).searches()[0]
+
+
+def test_a_peak_at_the_top_of_the_grid_is_extended_with_the_winners_recipe():
+    a = arch()
+    # I = N at p = 1: the largest N is the peak, nothing above it
+    plan = a.bracket_plan(searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1),
+                                    (2, 110, 1.0, 0.3)]))
+    assert [(p.stage, p.params["n_samples"], p.params["lr"]) for p in plan] == [(4, 160, 0.1)]
+    # the step past it holds less: bracketed, nothing more to train
+    done = searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.8, 0.1)])
+    assert a.bracket_plan(done) == []
+    # a peak whose neighbour above holds *more* is not bracketed: extend again
+    rising = searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.99, 0.3)])
+    assert [p.params["n_samples"] for p in a.bracket_plan(rising)] == [240]
+    assert a.bracket_plan(rising)[0].params["lr"] == 0.3  # the new winner's recipe
+
+
+def test_a_peak_at_the_bottom_is_extended_downwards_and_the_budget_holds():
+    a = arch()
+    low = searched([(1, 100, 0.97, 0.1), (1, 200, 0.7, 0.1)])  # I(100) > I(200)
+    assert [p.params["n_samples"] for p in a.bracket_plan(low)] == [70]
+    spent = searched([(1, 100, 0.97, 0.1), (1, 200, 0.7, 0.1), (4, 300, 0.6, 0.1),
+                      (4, 400, 0.55, 0.1), (4, 500, 0.52, 0.1)])
+    assert a.bracket_plan(spent) == []  # three stage-4 trials: the budget is spent
+    assert arch(bracket_trials=0).bracket_plan(low) == []
+
+
+def test_replicates_are_the_winner_again_with_their_own_seeds():
+    a = arch(replicates=3)
+    plan = a.replicate_plan(searched([(1, 60, 1.0, 0.1), (1, 110, 0.99, 0.2),
+                                      (1, 160, 0.8, 0.1)]))
+    assert [p.params["n_samples"] for p in plan] == [110] * 3
+    assert {p.params["lr"] for p in plan} == {0.2} and len({p.key for p in plan}) == 3
+    assert arch(replicates=0).replicate_plan(searched([(1, 60, 1.0, 0.1)])) == []
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(bracket_factor=1.0), "bracket_factor"), (dict(bracket_trials=-1), "bracket_trials"),
+    (dict(replicates=-2), "replicates")])
+def test_bad_bracket_and_replicate_settings_name_the_parameter(kwargs, name):
+    with pytest.raises(ConfigError, match=rf"^{name} must"):
+        FCDNNCapacityStudy(**{**TINY, **kwargs})
+
+
+def test_the_search_extends_its_grid_until_the_peak_is_bracketed(tmp_path):
+    # a grid that the net memorizes entirely: the peak sits at its top edge
+    study = FCDNNCapacityStudy(**{**TINY, "stage1_n_per_param": [0.25, 0.5],
+                                  "stage2_n_factors": [], "stage3_trials": 0, "epochs": 300,
+                                  "bracket_trials": 6, "bracket_factor": 2.0,
+                                  "replicates": 3})
+    url = f"journal:///{tmp_path}/s.journal"
+    run_worker(study, "cpu", url, progress=False)
+    trials = study_trials(study, url)
+    ext = trials[trials.stage == 4]
+    assert len(ext) >= 1 and ext.n_samples.min() > 70  # it went past the grid
+    from capq_lib.capacity import capacity_summary
+
+    row = capacity_summary(trials).iloc[0]
+    assert row.bracketed and row.replicates == 3
+    assert row.n_grid_max == trials[trials.stage != 5].n_samples.max() > row.n_at_max
+    assert row.capacity_bits == pytest.approx(row.capacity_bits_mean)
+    assert row.capacity_bits_search_max >= trials[trials.stage < 5].mutual_info.max() - 1e-9
