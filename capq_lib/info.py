@@ -65,3 +65,35 @@ def empirical_mutual_information(labels: ArrayLike, predictions: ArrayLike) -> f
     py, pyh = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
     return float(n * np.sum(joint[nz] * np.log2(joint[nz] / (py @ pyh)[nz])))
+
+
+def confusion_counts(labels: ArrayLike, predictions: ArrayLike) -> np.ndarray:
+    """The 2x2 table of counts, rows the label Y, columns the prediction Y_hat."""
+    y = np.asarray(labels).astype(int).ravel()
+    yh = np.asarray(predictions).astype(int).ravel()
+    if y.shape != yh.shape:
+        raise ValueError("labels and predictions must have the same length")
+    if np.any((y < 0) | (y > 1) | (yh < 0) | (yh > 1)):
+        raise ValueError("labels and predictions must be 0 or 1")
+    counts = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(counts, (y, yh), 1)
+    return counts
+
+
+def binary_channel_information(error_0: ArrayLike, error_1: ArrayLike,
+                               prior_1: ArrayLike = 0.5) -> np.ndarray | float:
+    """I(Y; Y_hat) in bits per sample of any binary channel, not only a symmetric one.
+
+    ``error_0`` = P(Y_hat = 1 | Y = 0), ``error_1`` = P(Y_hat = 0 | Y = 1), ``prior_1`` =
+    P(Y = 1). With a fair prior it is Eq. (1)'s 1 - H2(p) when the two error rates are equal
+    and, by Fano's inequality, more when they differ; this says how much more.
+    """
+    e0, e1, q = (np.asarray(v, dtype=float) for v in (error_0, error_1, prior_1))
+    for name, v in (("error_0", e0), ("error_1", e1), ("prior_1", q)):
+        if np.any((v < 0) | (v > 1)):
+            raise ValueError(f"{name} must lie in [0, 1]")
+    pred_1 = (1 - q) * e0 + q * (1 - e1)
+    i = (np.asarray(binary_entropy(pred_1)) - (1 - q) * np.asarray(binary_entropy(e0))
+         - q * np.asarray(binary_entropy(e1)))
+    i = np.maximum(i, 0.0)  # rounding can leave -1e-17 where the channel carries nothing
+    return float(i) if i.ndim == 0 else i

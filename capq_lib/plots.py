@@ -84,6 +84,58 @@ def mi_check(sim: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def mi_trained_gap(rows: pd.DataFrame, tolerance: float) -> go.Figure:
+    """Plug-in estimate minus Eq. (1), bits per sample, of trained nets against N/P: each
+    net as a point, the mean over seeds as a line with its spread, the tolerance shaded.
+    Models sit slightly apart along x so that their points do not hide each other."""
+    fig = go.Figure()
+    fig.add_hrect(y0=-tolerance, y1=tolerance, fillcolor="rgba(44,160,44,0.12)", line_width=0)
+    fig.add_hline(y=0, line=dict(color="#888", width=1))
+    hover_net = ("%{text}, N/P = %{customdata[5]:.2g}, N = %{customdata[0]:,}"
+                 "<br>gap = %{y:+.4f} bits/sample<br>p = %{customdata[1]:.4f}"
+                 "<br>predicts 1 for %{customdata[2]:.1%}"
+                 "<br>errors on 0s %{customdata[3]:.1%}, on 1s %{customdata[4]:.1%}"
+                 "<extra></extra>")
+    hover_mean = ("%{text}, N/P = %{customdata[5]:.2g}: mean gap %{y:+.4f} bits/sample"
+                  "<br>mean p = %{customdata[0]:.4f}<br>predicts 1 for %{customdata[1]:.1%}"
+                  "<br>|error on 1s - error on 0s| = %{customdata[2]:.1%}"
+                  "<br>Fano slack %{customdata[3]:.4f}, label deficit %{customdata[4]:.4f}"
+                  "<extra></extra>")
+    models = list(dict.fromkeys(rows["model"]))
+    for i, model in enumerate(models):
+        g = rows[rows.model == model]
+        shift = 1.0 + 0.04 * (i - (len(models) - 1) / 2)
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(
+            x=g["n_per_param"] * shift, y=g["gap_per_sample"], mode="markers",
+            name=f"{model}, one net", text=[model] * len(g), legendgroup=model,
+            marker=dict(color=color, size=6, opacity=0.45),
+            customdata=g[["n_samples", "accuracy", "pred_1_share", "error_0", "error_1",
+                          "n_per_param"]], hovertemplate=hover_net))
+        m = g.groupby("n_per_param", as_index=False).agg(
+            gap=("gap_per_sample", "mean"), std=("gap_per_sample", "std"),
+            p=("accuracy", "mean"), pred_1=("pred_1_share", "mean"),
+            asym=("error_asymmetry", lambda s: s.abs().mean()),
+            slack=("fano_slack_per_sample", "mean"),
+            deficit=("label_deficit_per_sample", "mean"))
+        m["ratio"] = m["n_per_param"]
+        fig.add_trace(go.Scatter(
+            x=m["n_per_param"] * shift, y=m["gap"], mode="lines+markers",
+            name=f"{model}, mean \u00b1 std over seeds", text=[model] * len(m),
+            legendgroup=model, line=dict(color=color, width=2), marker=dict(size=8),
+            error_y=dict(type="data", array=m["std"].fillna(0.0), thickness=1.2, width=4),
+            customdata=m[["p", "pred_1", "asym", "slack", "deficit", "ratio"]],
+            hovertemplate=hover_mean))
+    ticks = sorted(rows["n_per_param"].unique())
+    top = max(2 * tolerance, float(rows.gap_per_sample.abs().max()) * 1.15)
+    return _layout(fig, f"Trained nets: plug-in estimate minus Eq. (1) (shaded: "
+                        f"\u00b1{tolerance:g} bits per sample)",
+                   xaxis=dict(type="log", title="samples per parameter N / P",
+                              tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]),
+                   yaxis=dict(title="gap (bits per sample)", range=[-top, top],
+                              zeroline=False))
+
+
 # --- FCDNN capacity chapter ----------------------------------------------------------------
 
 def accuracy_vs_n(curve: pd.DataFrame, by: str, fixed: dict, title: str) -> go.Figure:
