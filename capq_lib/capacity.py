@@ -10,6 +10,8 @@ beside it so the bias shows.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,12 +25,14 @@ from .devices import describe, resolve_device
 from .info import conv_bits_per_parameter, mutual_information
 from .maxima import best_per_n, peak
 from .models import FCDNNSpec, build_fcdnn
+from .population import Member, train_members
 from .results import ResultsCache
-from .search import CapacityStudy, replicate_tag, run_worker, study_trials
+from .search import CapacityStudy, replicate_tag, run_worker, spec_columns, study_trials
 from .train import TrainConfig, memorize
 
 TRIAL_KIND = "memorization-trial"
 FCDNN_KIND, CNN_KIND, RNN_KIND = "fcdnn-capacity", "cnn-capacity", "rnn-capacity"
+FCDNN_CNN_RECIPE_KIND = "fcdnn-capacity-cnn-recipe"
 
 
 @dataclass(frozen=True)
@@ -165,3 +169,137 @@ def measure_capacity(study: CapacityStudy, device: str = "auto", storage: str | 
                   ", ".join(sorted(set(mine.device))), float(mine.train_wall_s.sum()))
     grid = trials[trials.stage.isin([1, 2, 4])]  # stage 3's scattered N would blur it
     return CapacityResult(trials, capacity_curve(grid), summary)
+
+
+TRAINING_LENGTH_KIND = "training-length"
+
+
+def bracketing_n(curve: pd.DataFrame, n_at_max: int) -> list[int]:
+    """The N at the peak and the nearest trained N above it with less information: where a
+    longer training can show whether the capacity was still growing."""
+    c = curve.sort_values("n_samples")
+    top = float(c.loc[c.n_samples == n_at_max, "mutual_info"].max())
+    above = c[(c.n_samples > n_at_max) & (c.mutual_info < top)]
+    return [int(n_at_max)] + ([int(above.n_samples.iloc[0])] if len(above) else [])
+
+
+def measure_training_length(study: CapacityStudy, result: CapacityResult,
+                            factors: tuple[float, ...], seeds: int, device: str = "auto",
+                            cache: ResultsCache | None = None, progress: bool = True
+                            ) -> pd.DataFrame:
+    """Capacity against training length: each model's winning recipe trained at the N that
+    bracket its peak with ``factor`` x the study's epochs, ``seeds`` seeds per N (the same
+    seeds, data and initializations at every length, so lengths compare pair by pair).
+    One cache record per model and factor; one row per trained net."""
+    for f in validate.non_empty("length_factors", factors):
+        validate.number("length_factors", f, lo=0.0, hi=100.0, lo_open=True)
+    validate.integer("length_seeds", seeds, lo=1, hi=1000)
+    cache = cache or ResultsCache()
+    dev = resolve_device(device)
+    specs = {s.name: s for s in study.specs()}
+    rows: list[dict] = []
+    todo = [(row, f) for row in result.summary.to_dict("records") for f in factors]
+    bar = progress_bars.bar(total=len(todo), desc="training length", disable=not progress,
+                            unit="length")
+    for row, factor in todo:
+        spec = specs[row["model"]]
+        base = study.train_config(spec.name)
+        epochs = max(1, round(factor * base.epochs))
+        shared = TrainConfig(**{**base.as_dict(), "epochs": epochs,
+                                "restarts": base.restarts, "race_at": base.race_at})
+        ns = bracketing_n(result.curve[result.curve.model == spec.name], row["n_at_max"])
+        winner = {"lr": row["lr_at_max"], "momentum": row["momentum_at_max"]}
+        config = {"search": study.search_config(), "model": spec.name, "epochs": epochs,
+                  "n_samples": ns, "seeds": seeds, **winner}
+
+        def run(spec=spec, ns=ns, shared=shared, winner=winner, factor=factor,
+                base=base) -> dict:
+            seed_of = {(n, k): _length_seed(study.seed, spec.name, n, k)
+                       for n in ns for k in range(seeds)}
+            members = [Member(n, winner["lr"], winner["momentum"], 0.1, s, s)
+                       for (n, _), s in seed_of.items()]
+            out = train_members(spec, members, shared, dev)
+            return {"profile": study.profile, "rows": [
+                {**spec_columns(spec), "factor": factor,
+                 "epochs": shared.epochs, "base_epochs": base.epochs, "n_samples": m.n_samples,
+                 "seed": m.data_seed, "accuracy": o.accuracy,
+                 "epochs_run": o.epochs_run,
+                 "mutual_info": float(mutual_information(m.n_samples, o.accuracy))}
+                for m, o in zip(members, out.members, strict=True)]}
+
+        bar.set_postfix_str(f"{spec.name} x{factor:g}")
+        record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
+        rows += record["result"]["rows"]
+        bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _length_seed(base: int, model: str, n: int, k: int) -> int:
+    text = f"length:{base}:{model}:{n}:{k}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
+
+
+def capacity_by_length(lengths: pd.DataFrame) -> pd.DataFrame:
+    """Per model and length factor: the capacity there, the largest over the bracketing N of
+    the seeds' mean I, with its standard deviation and the N where it lies."""
+    g = lengths.groupby(["model", "factor", "epochs", "n_samples"], as_index=False)
+    per_n = g.agg(mean=("mutual_info", "mean"), sd=("mutual_info", "std"),
+                  seeds=("seed", "size"), p=("accuracy", "mean"))
+    best = per_n.loc[per_n.groupby(["model", "factor"])["mean"].idxmax()]
+    spec = lengths.drop_duplicates("model")[
+        ["model", "params", *[c for c in SPEC_COLUMNS if c in lengths]]]
+    return best.rename(columns={"mean": "capacity_bits", "sd": "capacity_bits_sd"}) \
+        .merge(spec, on="model").sort_values(["params", "factor"]).reset_index(drop=True)
+
+
+def converged(by_length: pd.DataFrame) -> dict[str, dict]:
+    """Per model: is the capacity at the study's own length (factor 1) still below what the
+    longest training reached, beyond the seeds' spread? ``converged`` is False then, and the
+    capacity at factor 1 is only a lower bound of what this recipe stores."""
+    from .verdicts import AGREES, Estimate, greater
+
+    out = {}
+    for model, g in by_length.groupby("model"):
+        one, top = g[g.factor == 1.0], g.loc[g.factor.idxmax()]
+        if one.empty or float(top.factor) <= 1.0:
+            continue
+        one = one.iloc[0]
+
+        def est(r: pd.Series) -> Estimate:
+            return Estimate(float(r.capacity_bits), float(r.capacity_bits_sd)
+                            / math.sqrt(r.seeds) if r.seeds > 1 else float("nan"),
+                            int(r.seeds))
+
+        grows = greater(est(top), est(one))
+        out[model] = {"converged": grows.outcome != AGREES,
+                      "growth": float(top.capacity_bits / one.capacity_bits - 1),
+                      "longest_factor": float(top.factor)}
+    return out
+
+
+def length_findings(by_length: pd.DataFrame) -> str:
+    """The page's sentences on capacity against training length, written from the data."""
+    done = converged(by_length)
+    out = []
+    for model, g in by_length.groupby("model", sort=False):
+        conv = "params_conv" in g and g.params_conv.notna().all()
+        size = g.params_conv if conv else g.params
+        share = (g.capacity_bits - (2.3 * g.params_fc if conv else 0)) / size
+        sd = g.capacity_bits_sd / size
+        unit = "conv bits per parameter" if conv else "bits per parameter"
+        points = ", ".join(f"{b:.2f} \u00b1 {s:.2f} after {e:,} epochs" if s == s
+                           else f"{b:.2f} after {e:,} epochs"
+                           for b, s, e in zip(share, sd, g.epochs, strict=True))
+        text = f"Model {model}: {points} ({unit}, mean \u00b1 sd over seeds)."
+        if model in done:
+            d = done[model]
+            grew = f"{100 * d['growth']:+.0f} %"
+            text += (f" From the chapter's length to {d['longest_factor']:g}x it, capacity "
+                     f"changed by {grew}, " + (
+                         "within the seeds' spread: no further growth is resolved at this "
+                         "length." if d["converged"] else
+                         "more than the seeds' spread: the capacity had not converged, and "
+                         "the value in Table 1 is a lower bound for this recipe."))
+        out.append(text)
+    return " ".join(out)

@@ -237,13 +237,20 @@ def capacity_vs_params(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | 
 
 
 def bits_per_param_by_family(rows: pd.DataFrame) -> go.Figure:
-    """Bits per parameter of every measured architecture, grouped by family, with the
-    paper's value of each family as a marker: is FC < CNN < LSTM?"""
+    """Bits per parameter of every measured architecture, grouped by family (mean and
+    standard deviation over its replicates; open markers are lower bounds), with the paper's
+    value of each family as a bar: is FC < CNN < LSTM?"""
     fig = go.Figure()
     for i, (family, g) in enumerate(rows.groupby("family", sort=False)):
-        fig.add_trace(go.Box(y=g["bits"], name=family, boxpoints="all", pointpos=0,
-                             jitter=0.3, text=g["model"], marker_color=PALETTE[i],
-                             hovertemplate="%{text}: %{y:.2f} bits/param<extra></extra>"))
+        lower = g["lower_bound"].astype(bool).to_numpy() if "lower_bound" in g else \
+            np.zeros(len(g), dtype=bool)
+        fig.add_trace(go.Scatter(
+            x=[family] * len(g), y=g["bits"], mode="markers", name=family, text=g["model"],
+            error_y=dict(type="data", array=g["sd"].fillna(0)) if "sd" in g else None,
+            marker=dict(color=PALETTE[i % len(PALETTE)], size=11,
+                        symbol=np.where(lower, "circle-open", "circle")),
+            customdata=np.where(lower, " (lower bound)", ""),
+            hovertemplate="%{text}: %{y:.2f} bits/param%{customdata}<extra></extra>"))
         fig.add_trace(go.Scatter(x=[family], y=[g["paper"].iloc[0]], mode="markers",
                                  marker=dict(symbol="line-ew-open", size=40, color="#555",
                                              line=dict(width=3)),
@@ -252,6 +259,32 @@ def bits_per_param_by_family(rows: pd.DataFrame) -> go.Figure:
                                                "<extra></extra>"))
     return _layout(fig, "Bits per parameter by family (conv share for CNNs)",
                    yaxis=dict(title="bits per parameter", rangemode="tozero"), showlegend=True)
+
+
+def capacity_vs_length(by_length: pd.DataFrame) -> go.Figure:
+    """Conv bits per parameter against training length (the study's epochs x factor), one
+    line per CNN with the seeds' standard deviation, the paper's Table-1 value dashed:
+    does the capacity still grow when training is longer?"""
+    table = reference.paper()["cnn"]["table1"]["models"]
+    fc_bits = reference.value("cnn.fc_bits_per_param_assumed")
+    fig = go.Figure()
+    for i, (model, g) in enumerate(by_length.groupby("model", sort=False)):
+        p_fc, p_conv = int(g.params_fc.iloc[0]), int(g.params_conv.iloc[0])
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(
+            x=g.epochs, y=(g.capacity_bits - fc_bits * p_fc) / p_conv, mode="lines+markers",
+            name=f"model {model}", line=dict(color=color),
+            error_y=dict(type="data", array=(g.capacity_bits_sd / p_conv).fillna(0)),
+            customdata=np.c_[g.factor, g.n_samples, g.p, g.seeds],
+            hovertemplate=("%{x} epochs (x%{customdata[0]:g}): %{y:.2f} conv bits/param"
+                           "<br>at N = %{customdata[1]:,}, mean p %{customdata[2]:.4f}, "
+                           "%{customdata[3]} seeds<extra>" + model + "</extra>")))
+        fig.add_hline(y=table[model]["conv_bits_per_param"], line_dash="dash",
+                      line_color=color, annotation_text=f"paper, {model}",
+                      annotation_position="top left")
+    return _layout(fig, "Capacity against training length",
+                   xaxis=dict(title="epochs", type="log"),
+                   yaxis=dict(title="conv bits per parameter (FC at 2.3)", rangemode="tozero"))
 
 
 def search_ranges(trials: pd.DataFrame) -> go.Figure:

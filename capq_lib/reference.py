@@ -27,6 +27,11 @@ def source(path: str) -> str:
     return _entry(path)["source"]
 
 
+def entry(path: str) -> dict[str, Any]:
+    """The whole entry at ``path`` (its value, source and any other fields)."""
+    return _entry(path)
+
+
 def _entry(path: str) -> dict[str, Any]:
     node: Any = paper()
     for part in path.split("."):

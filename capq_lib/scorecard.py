@@ -1,7 +1,9 @@
-"""'Paper says / we measured': comparison tables built from cached results.
+"""'Paper says / we measured': the chapters' comparison tables, and the scorecard.
 
-Each check returns rows of (claim, paper, ours, verdict); the intro page stacks the rows of
-every chapter whose results exist, so the scorecard grows with the book.
+The claims themselves, their tests and verdicts, live in ``claims.py``; this module reads
+the cached results they judge (``evidence``) and builds the tables the pages show beside
+them. The intro page stacks every claim whose results exist, so the scorecard grows with
+the book.
 """
 
 from __future__ import annotations
@@ -9,19 +11,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import reference
-from .capacity import CNN_KIND, FCDNN_KIND, RNN_KIND
-from .channel import KIND as MI_KIND
+from . import claims, reference, trained_mi
+from .capacity import (
+    CNN_KIND,
+    FCDNN_CNN_RECIPE_KIND,
+    FCDNN_KIND,
+    RNN_KIND,
+    TRAINING_LENGTH_KIND,
+    capacity_by_length,
+    converged,
+)
+from .claims import COLUMNS, Evidence
 from .info import conv_bits_per_parameter
 from .models import CNNSpec
 from .results import ResultsCache
 
-COLUMNS = ["chapter", "claim", "paper says", "source", "we measured", "verdict"]
-
 
 def _row(chapter: str, claim: str, paper: str, source: str, ours: str, ok: bool | None) -> dict:
     verdict = "n/a" if ok is None else ("agrees" if ok else "differs")
-    return dict(zip(COLUMNS, [chapter, claim, paper, source, ours, verdict], strict=True))
+    return dict(zip([c for c in COLUMNS if c != "test"],
+                    [chapter, claim, paper, source, ours, verdict], strict=True))
 
 
 def _latest(records: list[dict], profile: str | None) -> pd.DataFrame:
@@ -30,92 +39,46 @@ def _latest(records: list[dict], profile: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def mi_rows(check: pd.DataFrame) -> list[dict]:
-    """Eq. (1) against the simulation at the largest N simulated."""
-    if check.empty:
-        return []
-    n = check.n_samples.max()
-    err = float(check.loc[check.n_samples == n, "relative_error"].abs().max())
-    return [_row("Mutual information", "Eq. (1) gives the bits a classifier of accuracy p "
-                 "holds about N random labels", "I = N (1 - H2(p))",
-                 reference.source("mutual_information.formula"),
-                 f"plug-in estimate within {err:.4f} bits/sample of Eq. (1) at N = {n}",
-                 err < 0.01)]
+def _pm(mean: pd.Series, sd: pd.Series, fmt: str) -> list[str]:
+    """'mean +- sd' cells; the sd left out where there is none (fewer than two replicates)."""
+    return [f"{m:{fmt}} \u00b1 {d:{fmt}}" if d == d else f"{m:{fmt}}"
+            for m, d in zip(mean, sd, strict=True)]
 
 
-def capacity_ratios(summary: pd.DataFrame, by: str, other: str) -> list[tuple]:
-    """(other value, a, b, C(b)/C(a)) for consecutive values a < b of ``by``."""
-    out = []
-    for val, g in summary.groupby(other):
-        g = g.sort_values(by)
-        for (_, a), (_, b) in zip(g.iterrows(), g.iloc[1:].iterrows(), strict=False):
-            out.append((val, a[by], b[by], b.capacity_bits / a.capacity_bits))
-    return out
-
-
-def fcdnn_rows(summary: pd.DataFrame) -> list[dict]:
-    """The FCDNN claims of Sec. 4.1 against our capacity summary."""
-    if summary.empty:
-        return []
-    ch = "FCDNN capacity"
-    lo, hi = reference.value("fcdnn.bits_per_param_range")
-    mean_ref = reference.value("fcdnn.bits_per_param_mean")
-    bpp = summary.bits_per_param
-    rows = [
-        _row(ch, "bits per parameter, mean over architectures", f"{mean_ref}",
-             reference.source("fcdnn.bits_per_param_mean"),
-             f"{bpp.mean():.2f} over {len(bpp)} architectures", abs(bpp.mean() - mean_ref) <= 0.3),
-        _row(ch, "bits per parameter, range", f"{lo} to {hi}",
-             reference.source("fcdnn.bits_per_param_range"),
-             f"{bpp.min():.2f} to {bpp.max():.2f}",
-             bool(bpp.min() >= lo - 0.2 and bpp.max() <= hi + 0.2)),
-    ]
-    widths = [r for r in capacity_ratios(summary, "width", "depth") if r[2] == 2 * r[1]]
-    if widths:
-        f = np.exp(np.mean(np.log([r[3] for r in widths])))
-        rows.append(_row(ch, "doubling the width multiplies what is memorized by",
-                         "4", reference.source("fcdnn.width_doubling_n_factor"),
-                         f"{f:.2f} (capacity ratio, geometric mean of {len(widths)} pairs)",
-                         3.0 <= f <= 5.0))
-    if "lr_at_max" in summary:
-        lr_lo, lr_hi = reference.value("fcdnn.lr_range")
-        inside = int(summary.lr_at_max.between(lr_lo, lr_hi).sum())
-        rows.append(_row(ch, "learning rate of the best trial lies in the paper's search range",
-                         f"searched {lr_lo} to {lr_hi}", reference.source("fcdnn.lr_range"),
-                         f"{inside} of {len(summary)} architectures (lr "
-                         f"{summary.lr_at_max.min():.3g} to {summary.lr_at_max.max():.3g})",
-                         None))
-    depth1 = summary[summary.depth == 1].set_index("width").capacity_bits
-    deeper = summary[(summary.depth > 1) & summary.width.isin(depth1.index)]
-    if not deeper.empty:
-        ratio = deeper.capacity_bits.values / depth1.loc[deeper.width].values / deeper.depth.values
-        rows.append(_row(ch, "depth d memorizes d times what depth 1 does", "C(d) / C(1) = d",
-                         reference.source("fcdnn.depth_n_factor"),
-                         f"C(d) / (d C(1)) = {ratio.min():.2f} to {ratio.max():.2f}",
-                         bool(np.all(np.abs(ratio - 1) <= 0.25))))
-    return rows
+def capacity_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: where the search's I peaked and whether that peak is bracketed, the search's
+    own maximum, and the capacity reported (the mean of fresh trainings of the winner)."""
+    s = summary
+    t = pd.DataFrame({
+        "model": s.model, "params": s.params.map("{:,}".format),
+        "N at peak": s.n_at_max.map("{:,}".format), "p at peak": s.p_at_max.map("{:.4f}".format),
+        "search max (bits)": s.capacity_bits_search_max.map("{:,.0f}".format),
+        "capacity (bits)": _pm(s.capacity_bits, s.capacity_bits_sd, ",.0f"),
+        "replicates": s.replicates,
+        "bits/param": _pm(s.bits_per_param, s.bits_per_param_sd, ".2f"),
+        "peak bracketed": np.where(s.bracketed, "yes", "no (lower bound)"),
+        "largest N trained (p)": [f"{n:,} ({p:.3f})" for n, p in
+                                  zip(s.n_grid_max, s.p_at_n_grid_max, strict=True)]})
+    return t
 
 
 def fcdnn_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Bits per parameter per architecture, and whether it lies in the paper's range."""
+    """``capacity_table`` and whether each architecture lies in the paper's range."""
     lo, hi = reference.value("fcdnn.bits_per_param_range")
-    t = summary[["model", "params", "n_at_max", "p_at_max", "capacity_bits",
-                 "bits_per_param"]].copy()
-    t["in paper's range"] = np.where((t.bits_per_param >= lo) & (t.bits_per_param <= hi),
-                                     "yes", "no")
+    t = capacity_table(summary)
+    t["in paper's range"] = np.where(summary.bits_per_param.between(lo, hi), "yes", "no")
     return t
 
 
 def fcdnn_styled(summary: pd.DataFrame):
-    """``fcdnn_table`` formatted for the page, the paper's values in the caption."""
+    """``fcdnn_table`` for the page, the paper's values in the caption."""
     lo, hi = reference.value("fcdnn.bits_per_param_range")
     mean = reference.value("fcdnn.bits_per_param_mean")
     where = reference.source("fcdnn.bits_per_param_range")
     return (fcdnn_table(summary).style.hide(axis="index")
-            .format({"p_at_max": "{:.4f}", "capacity_bits": "{:,.0f}",
-                     "bits_per_param": "{:.2f}", "params": "{:,}", "n_at_max": "{:,}"})
-            .set_caption(f"Capacity per architecture. Paper ({where}): {lo}-{hi} bits per "
-                         f"parameter, mean {mean}."))
+            .set_caption(f"Capacity per architecture (mean \u00b1 standard deviation over "
+                         f"the replicates). Paper ({where}): {lo}-{hi} bits per parameter, "
+                         f"mean {mean}."))
 
 
 def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
@@ -123,7 +86,8 @@ def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     ranges (lr 0.001-0.05, momentum 0.6-0.99) contain it."""
     lr_lo, lr_hi = reference.value("fcdnn.lr_range")
     m_lo, m_hi = reference.value("fcdnn.momentum_range")
-    best = trials.loc[trials.groupby("model")["mutual_info"].idxmax()].set_index("model")
+    search = trials[trials.stage < 5]
+    best = search.loc[search.groupby("model")["mutual_info"].idxmax()].set_index("model")
     out = summary[["model"]].copy()
     out["stage"] = [int(best.loc[m, "stage"]) for m in out.model]
     out["lr"] = [best.loc[m, "lr"] for m in out.model]
@@ -143,22 +107,27 @@ def summaries(kind: str, profile: str | None = None,
 
 
 def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
-    """Table 1 regenerated: our capacity and conv share beside the paper's, per model.
+    """Table 1 regenerated: our replicated capacity and conv share beside the paper's.
 
     The conv share subtracts the FC layer's capacity at 2.3 bits per parameter (the
     paper's assumption) and, when ``fc_bits`` is given, at our own FCDNN measurement."""
     ref = reference.paper()["cnn"]["table1"]["models"]
     t = pd.DataFrame({"model": cnn.model, "params": cnn.params, "conv params": cnn.params_conv,
-                      "capacity (bits)": cnn.capacity_bits.round().astype(int),
-                      "conv bits/param (FC at 2.3)": cnn.conv_bits_per_param})
+                      "search max (bits)": cnn.capacity_bits_search_max.round().astype(int),
+                      "capacity (bits)": _pm(cnn.capacity_bits, cnn.capacity_bits_sd, ",.0f"),
+                      "conv bits/param (FC at 2.3)": _pm(cnn.conv_bits_per_param,
+                                                         cnn.conv_bits_per_param_sd, ".2f")})
     if fc_bits is not None:
         t[f"conv bits/param (FC at our {fc_bits:.2f})"] = [
-            conv_bits_per_parameter(c, f, v, fc_bits)
+            f"{conv_bits_per_parameter(c, f, v, fc_bits):.2f}"
             for c, f, v in zip(cnn.capacity_bits, cnn.params_fc, cnn.params_conv, strict=True)]
+    t["peak bracketed"] = np.where(cnn.bracketed, "yes", "no")
+    if "converged" in cnn:
+        t["converged in epochs"] = np.where(cnn.converged, "yes", "no (lower bound)")
     t["paper capacity"] = [ref[m]["capacity_bits"] for m in cnn.model]
     t["paper conv bits/param"] = [ref[m]["conv_bits_per_param"] for m in cnn.model]
     t["uses per conv weight"] = [round(conv_reuse(CNNSpec(m))) for m in cnn.model]
-    return t.round(2)
+    return t
 
 
 def conv_reuse(spec: CNNSpec) -> float:
@@ -175,75 +144,34 @@ def conv_reuse(spec: CNNSpec) -> float:
     return macs / weights
 
 
-def cnn_rows(cnn: pd.DataFrame, fc: pd.DataFrame) -> list[dict]:
-    """Sec. 4.2's claims against our CNN summaries."""
-    if cnn.empty:
-        return []
-    ch, bpp = "CNN capacity", cnn.conv_bits_per_param
-    mean_ref = reference.value("cnn.conv_bits_per_param_mean")
-    rows = [_row(ch, "conv bits per parameter (FC share at 2.3), mean over models",
-                 f"{mean_ref}", reference.source("cnn.conv_bits_per_param_mean"),
-                 f"{bpp.mean():.2f} over {', '.join(cnn.model)}",
-                 abs(bpp.mean() - mean_ref) <= 0.5)]
-    if not fc.empty:
-        rows.append(_row(ch, "a conv parameter stores more than an FC parameter",
-                         "3.0 > 2.3", "Sec. 4.2, Fig. 2(b)",
-                         f"{bpp.mean():.2f} vs {fc.bits_per_param.mean():.2f}",
-                         bool(bpp.mean() > fc.bits_per_param.mean())))
-    return rows
-
-
 def rnn_table(rnn: pd.DataFrame) -> pd.DataFrame:
     """Our LSTMs beside the paper's 32-unit one (Sec. 4.3)."""
-    t = rnn[["model", "units", "params", "n_at_max", "p_at_max", "capacity_bits",
-             "bits_per_param"]].copy()
-    t["paper bits/param"] = reference.value("rnn.bits_per_param")
-    t["capacity_bits"] = t.capacity_bits.round().astype(int)
-    return t.round({"p_at_max": 4, "bits_per_param": 2})
+    t = capacity_table(rnn)
+    t.insert(1, "units", rnn.units.astype(int))
+    t["paper bits/param (32 units)"] = reference.value("rnn.bits_per_param")
+    return t
 
 
-def rnn_rows(rnn: pd.DataFrame) -> list[dict]:
-    """Sec. 4.3's claims against our LSTM summaries."""
-    if rnn.empty:
-        return []
-    ch, ref = "RNN capacity", reference.value("rnn.bits_per_param")
-    big = rnn.loc[rnn.params.idxmax()]
-    rows = [_row(ch, "bits per parameter of the LSTM", f"{ref} (32 units)",
-                 reference.source("rnn.bits_per_param"),
-                 f"{big.bits_per_param:.2f} ({big.model})",
-                 abs(big.bits_per_param - ref) <= 0.6)]
-    if len(rnn) > 1:
-        lo, hi = rnn.bits_per_param.min(), rnn.bits_per_param.max()
-        rows.append(_row(ch, "bits per parameter does not depend on the LSTM's size",
-                         "fairly independent of model size", "Sec. 1; Sec. 6",
-                         f"{lo:.2f} to {hi:.2f} over {', '.join(rnn.model)}", hi / lo <= 1.25))
-    return rows
-
-
-def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame) -> pd.DataFrame:
-    """Bits per parameter per measured model and family (conv share for CNNs)."""
+def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
+             fc_cnn_recipe: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Bits per parameter per measured model and family (conv share for CNNs), with the
+    replicates' standard deviation and whether the value is a lower bound."""
     parts = []
     for name, df, col, ref in (
             ("FCDNN", fc, "bits_per_param", reference.value("fcdnn.bits_per_param_mean")),
+            ("FCDNN, CNN recipe", fc_cnn_recipe, "bits_per_param",
+             reference.value("fcdnn.bits_per_param_mean")),
             ("CNN", cnn, "conv_bits_per_param", reference.value("cnn.conv_bits_per_param_mean")),
             ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param"))):
-        if not df.empty:
+        if df is not None and not df.empty:
+            lower = ~df.bracketed.astype(bool)
+            if "converged" in df:
+                lower |= ~df.converged.astype(bool)
             parts.append(pd.DataFrame({"family": name, "model": df.model, "bits": df[col],
+                                       "sd": df[f"{col}_sd"], "lower_bound": lower,
                                        "paper": ref}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["family", "model", "bits", "paper"])
-
-
-def ordering_rows(fam: pd.DataFrame) -> list[dict]:
-    """The paper's ordering of families by bits per parameter, FC < CNN < LSTM."""
-    means = fam.groupby("family", sort=False)["bits"].mean()
-    if len(means) < 2:
-        return []
-    order = [f for f in ("FCDNN", "CNN", "LSTM") if f in means]
-    ok = all(means[a] < means[b] for a, b in zip(order, order[1:], strict=False))
-    return [_row("All families", "bits per parameter grows FC < CNN < LSTM", "2.3 < 3.0 < 3.7",
-                 "Sec. 6", " < ".join(f"{f} {means[f]:.2f}" for f in order)
-                 if ok else ", ".join(f"{f} {means[f]:.2f}" for f in order), ok)]
+        columns=["family", "model", "bits", "sd", "lower_bound", "paper"])
 
 
 FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
@@ -394,22 +322,60 @@ def real_task_rows(rows: pd.DataFrame) -> list[dict]:
     return out
 
 
+def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> Evidence:
+    """Everything the claims judge, read from the cache (``profile`` None: every profile)."""
+    cache = cache or ResultsCache()
+    fc, cnn, rnn, fc_cnn = (summaries(k, profile, cache) for k in
+                            (FCDNN_KIND, CNN_KIND, RNN_KIND, FCDNN_CNN_RECIPE_KIND))
+    lengths = training_lengths(profile, cache)
+    if len(cnn) and len(lengths):
+        done = converged(capacity_by_length(lengths))
+        cnn["converged"] = [done.get(m, {}).get("converged", True) for m in cnn.model]
+    return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
+                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths)
+
+
+def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
+    """The CNN chapter's training-length rows (capacity against epochs) under ``profile``."""
+    rows = [r for rec in (cache or ResultsCache()).records(TRAINING_LENGTH_KIND)
+            if profile is None or rec["result"].get("profile") == profile
+            for r in rec["result"]["rows"]]
+    return pd.DataFrame(rows)
+
+
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()
-    check = _latest(cache.records(MI_KIND), profile)
-    if not check.empty:
-        check["relative_error"] = (check.empirical_mean - check.formula) / check.n_samples
-    fc, cnn, rnn = (summaries(k, profile, cache) for k in (FCDNN_KIND, CNN_KIND, RNN_KIND))
-    rows = mi_rows(check) + fcdnn_rows(fc) + cnn_rows(cnn, fc) + rnn_rows(rnn)
-    rows += ordering_rows(families(fc, cnn, rnn))
+    rows = claims.rows(evidence(profile, cache))
     from .advise import measured
 
-    rows += quantization_rows(measured(profile, cache))
+    old = quantization_rows(measured(profile, cache))
     real = [{**r, "key": rec["key"]} for rec in cache.records("real-tasks")
             if profile is None or rec["result"].get("profile") == profile
             for r in rec["result"]["rows"]]
-    rows += real_task_rows(pd.DataFrame(real).drop_duplicates(
+    old += real_task_rows(pd.DataFrame(real).drop_duplicates(
         ["task", "model", "bits", "retrained", "split"], keep="last") if real else
         pd.DataFrame())
-    return pd.DataFrame(rows, columns=COLUMNS)
+    extra = pd.DataFrame(old, columns=[c for c in COLUMNS if c != "test"]).assign(test="")
+    return pd.concat([rows, extra[COLUMNS]], ignore_index=True)
+
+
+def bounds_text(summary: pd.DataFrame) -> str:
+    """Which capacities are maxima and which only lower bounds, and why, in a sentence."""
+    if summary.empty:
+        return "No capacity was measured."
+    parts = []
+    for _, r in summary.iterrows():
+        why = []
+        if not bool(r.get("bracketed", False)):
+            why.append(f"its peak is not bracketed (the largest N trained, {r.n_grid_max:,}, "
+                       f"was still memorized to p = {r.p_at_n_grid_max:.3f})")
+        if not bool(r.get("converged", True)):
+            why.append("a longer training still stored more")
+        reps = int(r.get("replicates", 0) or 0)
+        spread = (f"{r.capacity_bits:,.0f} \u00b1 {r.capacity_bits_sd:,.0f} bits over {reps} "
+                  f"replicates" if reps > 1 else f"{r.capacity_bits:,.0f} bits")
+        parts.append(f"{r.model} ({spread}; search maximum {r.capacity_bits_search_max:,.0f})"
+                     + (": a lower bound, as " + " and ".join(why) if why else
+                        ": a bracketed maximum"))
+    return "; ".join(parts) + "."

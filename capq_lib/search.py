@@ -207,6 +207,24 @@ class FCDNNCapacityStudy(CapacityStudy):
 
 
 @dataclass(frozen=True)
+class FCDNNCNNRecipeStudy(FCDNNCapacityStudy):
+    """FCDNNs searched with the CNN chapter's recipe (optimizer, learning rate, batches and
+    epochs, raced initializations), so that the two families compare at equal effort."""
+
+    experiment: ClassVar[str] = "fcdnn-capacity-cnn-recipe"
+
+    @classmethod
+    def like(cls, cnn: CNNCapacityStudy, widths: tuple[int, ...], depths: tuple[int, ...],
+             n_per_param: tuple[float, ...]) -> FCDNNCNNRecipeStudy:
+        """The FCDNN study that trains like ``cnn`` (with the epochs of its first model)."""
+        shared = {f.name: getattr(cnn, f.name) for f in fields(CapacityStudy)
+                  if f.name not in ("stage1_n_per_param", "epochs")}
+        return cls(**shared, epochs=cnn.train_config(cnn.models[0]).epochs,
+                   stage1_n_per_param=tuple(n_per_param), widths=tuple(widths),
+                   depths=tuple(depths))
+
+
+@dataclass(frozen=True)
 class CNNCapacityStudy(CapacityStudy):
     """The memorization CNNs of Table 1, by letter (Sec. 4.2)."""
 

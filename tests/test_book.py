@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import ROOT, run_capq
 
-CHAPTERS = {"intro": 1, "mutual-information": 2, "fcdnn-capacity": 5, "cnn-capacity": 2,
+CHAPTERS = {"intro": 1, "mutual-information": 3, "fcdnn-capacity": 5, "cnn-capacity": 3,
             "rnn-capacity": 2, "quantization": 6, "real-tasks": 5, "loss-surfaces": 3}
 
 

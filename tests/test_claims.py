@@ -1,0 +1,121 @@
+"""The claims judge measured summaries by their stated tests, and each can go either way."""
+
+import pandas as pd
+import pytest
+
+from capq_lib import claims
+from capq_lib.claims import Evidence
+
+
+def summary(rows):
+    """Capacity summaries as the chapters record them: (model, params, bits/param, sd,
+    bracketed, extra columns)."""
+    out = []
+    for model, params, bpp, sd, bracketed, extra in rows:
+        out.append({"model": model, "params": params, "capacity_bits": bpp * params,
+                    "capacity_bits_sd": sd * params, "bits_per_param": bpp,
+                    "bits_per_param_sd": sd, "replicates": 3, "bracketed": bracketed,
+                    **extra})
+    return pd.DataFrame(out)
+
+
+def fc(bpp_1x16=2.3, bpp_1x32=2.3, sd=0.02, bracketed=True):
+    return summary([("1x16", 306, bpp_1x16, sd, bracketed, {"width": 16, "depth": 1}),
+                    ("1x32", 1122, bpp_1x32, sd, bracketed, {"width": 32, "depth": 1})])
+
+
+def cnn(conv_a=2.5, conv_d=3.0, sd=0.02, bracketed=True, converged=True):
+    rows = []
+    for m, p, pc, conv in (("A", 2018, 1504, conv_a), ("D", 5070, 4556, conv_d)):
+        cap = conv * pc + 2.3 * (p - pc)
+        rows.append({"model": m, "params": p, "params_conv": pc, "params_fc": p - pc,
+                     "capacity_bits": cap, "capacity_bits_sd": sd * pc,
+                     "bits_per_param": cap / p, "bits_per_param_sd": sd * pc / p,
+                     "conv_bits_per_param": conv, "conv_bits_per_param_sd": sd,
+                     "replicates": 3, "bracketed": bracketed, "converged": converged})
+    return pd.DataFrame(rows)
+
+
+def rnn(bpp_8=3.7, bpp_16=3.7, units=(8, 16)):
+    return summary([(f"LSTM-{u}", 4 * (u * 32 + u * u + u) + 2 * u + 2, b, 0.02, True,
+                     {"units": u}) for u, b in zip(units, (bpp_8, bpp_16), strict=True)])
+
+
+def verdict(ev, key):
+    rows = claims.by_key(key).rows(ev)
+    assert len(rows) == 1, rows
+    return rows[0]["verdict"]
+
+
+def test_fcdnn_mean_agrees_or_differs_with_the_numbers():
+    assert verdict(Evidence("t", fc=fc()), "fcdnn.mean") == "agrees"
+    assert verdict(Evidence("t", fc=fc(2.9, 3.0)), "fcdnn.mean") == "differs"
+    assert verdict(Evidence("t", fc=fc(2.9, 3.0, bracketed=False)), "fcdnn.mean") == \
+        "inconclusive (lower bound)"
+
+
+def test_fcdnn_range_and_width_doubling():
+    assert verdict(Evidence("t", fc=fc(2.0, 2.4)), "fcdnn.range") == "agrees"
+    assert verdict(Evidence("t", fc=fc(2.0, 3.1)), "fcdnn.range") == "differs"
+    # C(1x32) / C(1x16) = 1122 / 306 = 3.67 at equal bits per parameter: about 4
+    assert verdict(Evidence("t", fc=fc()), "fcdnn.width") == "agrees"
+    assert verdict(Evidence("t", fc=fc(2.3, 1.0)), "fcdnn.width") == "differs"
+
+
+def test_each_cnn_is_judged_against_the_same_model_of_table_1():
+    rows = claims.by_key("cnn.model").rows(Evidence("t", cnn=cnn(2.5, 2.0)))
+    got = {r["claim"]: (r["paper says"], r["verdict"]) for r in rows}
+    assert got["conv bits per parameter (FC share at 2.3) (model A)"] == \
+        ("2.483 (model A)", "agrees")
+    assert got["conv bits per parameter (FC share at 2.3) (model D)"] == \
+        ("3.0 (model D)", "differs")
+    # the paper's mean over the same models, not over all six
+    mean = claims.by_key("cnn.mean").rows(Evidence("t", cnn=cnn()))[0]
+    assert mean["paper says"].startswith("2.74 over the same models (A, D")
+    # an unconverged CNN is a lower bound: never 'differs'
+    assert verdict(Evidence("t", cnn=cnn(1.5, 1.5, converged=False)), "cnn.mean") == \
+        "inconclusive (lower bound)"
+
+
+def test_conv_against_fc_and_the_family_order():
+    ev = Evidence("t", fc=fc(), cnn=cnn(2.9, 3.1), rnn=rnn(3.7, 3.8))
+    assert verdict(ev, "cnn.vs_fc") == "agrees"
+    assert verdict(ev, "families.order") == "agrees"
+    low = Evidence("t", fc=fc(2.8, 2.9), cnn=cnn(2.2, 2.2), rnn=rnn())
+    assert verdict(low, "cnn.vs_fc") == "differs"
+    assert verdict(low, "families.order") == "differs"
+    # at equal effort: the FCDNN trained with the CNN's recipe
+    eq = Evidence("t", cnn=cnn(2.2, 2.2), fc_cnn_recipe=fc(1.5, 1.6))
+    assert verdict(eq, "cnn.vs_fc.equal") == "agrees"
+    # a CNN lower bound below the FCDNNs cannot say the FCDNN stores more
+    lb = Evidence("t", fc=fc(2.8, 2.9), cnn=cnn(2.2, 2.2, bracketed=False))
+    assert verdict(lb, "cnn.vs_fc") == "inconclusive (lower bound)"
+
+
+def test_lstm_of_another_size_is_compared_with_a_caveat():
+    row = claims.by_key("rnn.bpp").rows(Evidence("t", rnn=rnn()))[0]
+    assert "size differs, ours has 16 units, the paper's 32" in row["we measured"]
+    assert row["verdict"] == "agrees"
+    assert verdict(Evidence("t", rnn=rnn(2.0, 2.1)), "rnn.bpp") == "differs"
+    assert verdict(Evidence("t", rnn=rnn(3.6, 3.7)), "rnn.size") == "agrees"
+    assert verdict(Evidence("t", rnn=rnn(2.0, 3.7)), "rnn.size") == "differs"
+
+
+def test_eq1_on_trained_nets():
+    nets = pd.DataFrame({"gap_per_sample": [0.001, -0.004, 0.01], "n_per_param": [1, 2, 8],
+                         "accuracy": [1.0, 0.9, 0.6]})
+    assert verdict(Evidence("t", mi_trained=nets), "mi.eq1") == "agrees"
+    nets.loc[2, "gap_per_sample"] = 0.05
+    assert verdict(Evidence("t", mi_trained=nets), "mi.eq1") == "differs"
+
+
+def test_missing_chapters_give_no_rows_and_markdown_lists_the_rest():
+    assert claims.rows(Evidence("t")).empty
+    text = claims.markdown(claims.rows(Evidence("t", fc=fc()), "FCDNN capacity"))
+    assert text.startswith("- **bits per parameter, mean over architectures**: paper 2.3")
+    assert "*agrees*" in text
+
+
+@pytest.mark.parametrize("claim", claims.CLAIMS, ids=lambda c: c.key)
+def test_every_claim_names_its_source_test_and_paper_value(claim):
+    assert claim.source and claim.test and claim.measure and claim.paper
