@@ -15,9 +15,19 @@ from .validate import ConfigError
 
 #: experiment names ``capq results`` knows, and what each record is
 EXPERIMENTS = {
-    "fcdnn-capacity": "capacity of one FCDNN architecture (one record per model and profile)",
-    "cnn-capacity": "capacity of one Table-1 CNN, with the paper's conv bits per parameter",
-    "rnn-capacity": "capacity of one LSTM classifier",
+    "fcdnn-capacity": "capacity of one FCDNN architecture (one record per model and profile): "
+                      "the replicates' mean and sd (capacity_bits_mean, capacity_bits_sd), the "
+                      "search maximum beside it, whether its peak is bracketed, n_grid_max "
+                      "and p_at_n_grid_max",
+    "cnn-capacity": "capacity of one Table-1 CNN, as for FCDNNs, with the paper's conv bits "
+                    "per parameter",
+    "rnn-capacity": "capacity of one LSTM classifier, as for FCDNNs",
+    "fcdnn-capacity-cnn-recipe": "capacity of one FCDNN searched with the CNN chapter's recipe "
+                                 "(the comparison at equal effort)",
+    "training-length": "one CNN trained at the N bracketing its peak for a multiple of its "
+                       "epochs: model, factor, epochs, n_samples, seed, accuracy, mutual_info",
+    "mi-trained": "one trained FCDNN: Eq. (1) against the plug-in estimate of I(Y; Y_hat) "
+                  "from its own answers (gap per sample, error asymmetry)",
     "memorization-trial": "one trained net: config, accuracy p and I",
     "mi-check": "Eq. (1) against the plug-in estimate, one record per N and p",
     "quantization": "one trained net at one bit width: family, model, n_samples, "
