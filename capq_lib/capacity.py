@@ -29,6 +29,7 @@ from .population import Member, train_members
 from .results import ResultsCache
 from .search import CapacityStudy, replicate_tag, run_worker, spec_columns, study_trials
 from .train import TrainConfig, memorize
+from .verdicts import AGREES, Estimate, greater
 
 TRIAL_KIND = "memorization-trial"
 FCDNN_KIND, CNN_KIND, RNN_KIND = "fcdnn-capacity", "cnn-capacity", "rnn-capacity"
@@ -254,28 +255,30 @@ def capacity_by_length(lengths: pd.DataFrame) -> pd.DataFrame:
 
 
 def converged(by_length: pd.DataFrame) -> dict[str, dict]:
-    """Per model: is the capacity at the study's own length (factor 1) still below what the
-    longest training reached, beyond the seeds' spread? ``converged`` is False then, and the
-    capacity at factor 1 is only a lower bound of what this recipe stores."""
-    from .verdicts import AGREES, Estimate, greater
-
+    """Per model: had the capacity at the study's own length (factor 1) stopped growing?
+    It had not when a longer training stored more, beyond the seeds' spread, or, without a
+    longer one, when the last step up to factor 1 still stored more (capacity was rising
+    into the chapter's length). ``converged`` False makes the chapter's capacity only a lower
+    bound of what its recipe stores."""
     out = {}
     for model, g in by_length.groupby("model"):
-        one, top = g[g.factor == 1.0], g.loc[g.factor.idxmax()]
-        if one.empty or float(top.factor) <= 1.0:
+        g = g.sort_values("factor")
+        at = g[g.factor == 1.0]
+        if at.empty or len(g) < 2:
             continue
-        one = one.iloc[0]
-
-        def est(r: pd.Series) -> Estimate:
-            return Estimate(float(r.capacity_bits), float(r.capacity_bits_sd)
-                            / math.sqrt(r.seeds) if r.seeds > 1 else float("nan"),
-                            int(r.seeds))
-
-        grows = greater(est(top), est(one))
+        one = at.iloc[0]
+        longer, shorter = g[g.factor > 1.0], g[g.factor < 1.0]
+        lo, hi = (one, longer.iloc[-1]) if len(longer) else (shorter.iloc[-1], one)
+        grows = greater(_length_estimate(hi), _length_estimate(lo))
         out[model] = {"converged": grows.outcome != AGREES,
-                      "growth": float(top.capacity_bits / one.capacity_bits - 1),
-                      "longest_factor": float(top.factor)}
+                      "growth": float(hi.capacity_bits / lo.capacity_bits - 1),
+                      "from_factor": float(lo.factor), "to_factor": float(hi.factor)}
     return out
+
+
+def _length_estimate(row: pd.Series) -> Estimate:
+    se = float(row.capacity_bits_sd) / math.sqrt(row.seeds) if row.seeds > 1 else float("nan")
+    return Estimate(float(row.capacity_bits), se, int(row.seeds))
 
 
 def length_findings(by_length: pd.DataFrame) -> str:
@@ -294,12 +297,12 @@ def length_findings(by_length: pd.DataFrame) -> str:
         text = f"Model {model}: {points} ({unit}, mean \u00b1 sd over seeds)."
         if model in done:
             d = done[model]
-            grew = f"{100 * d['growth']:+.0f} %"
-            text += (f" From the chapter's length to {d['longest_factor']:g}x it, capacity "
-                     f"changed by {grew}, " + (
-                         "within the seeds' spread: no further growth is resolved at this "
-                         "length." if d["converged"] else
-                         "more than the seeds' spread: the capacity had not converged, and "
-                         "the value in Table 1 is a lower bound for this recipe."))
+            span = (f"from {d['from_factor']:g}x to {d['to_factor']:g}x the chapter's epochs "
+                    f"capacity changed by {100 * d['growth']:+.0f} %, ")
+            text += " " + span[0].upper() + span[1:] + (
+                "within the seeds' spread: no growth is resolved at the chapter's length."
+                if d["converged"] else
+                "more than the seeds' spread: the capacity had not converged at the "
+                "chapter's length, and its value in Table 1 is a lower bound for this recipe.")
         out.append(text)
     return " ".join(out)

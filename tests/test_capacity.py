@@ -74,3 +74,39 @@ def test_epochs_per_model_must_name_every_model():
     assert study.train_config("A").epochs == 30 and study.train_config("D").epochs == 20
     with pytest.raises(ConfigError, match=r"^epochs must be an integer or give every model"):
         CNNCapacityStudy(models=["A", "D"], epochs={"A": 30})
+
+
+def by_length(caps, sd=10.0, seeds=3):
+    """capacity_by_length rows of one CNN: {factor: capacity in bits}."""
+    import pandas as pd
+
+    return pd.DataFrame([{"model": "A", "params": 2018, "params_conv": 1504, "params_fc": 514,
+                          "factor": f, "epochs": int(300 * f), "n_samples": 4000,
+                          "capacity_bits": c, "capacity_bits_sd": sd, "seeds": seeds, "p": 0.99}
+                         for f, c in caps.items()])
+
+
+def test_capacity_still_growing_with_training_length_is_not_converged():
+    from capq_lib.capacity import converged, length_findings
+
+    assert converged(by_length({0.5: 3000, 1: 3500, 2: 4000}))["A"]["converged"] is False
+    assert converged(by_length({0.5: 3000, 1: 3500, 2: 3505}))["A"]["converged"] is True
+    # without a longer training, a rise into the chapter's length means it was still growing
+    rising = converged(by_length({0.25: 2500, 0.5: 3000, 1: 3500}))["A"]
+    assert rising["converged"] is False and (rising["from_factor"], rising["to_factor"]) == \
+        (0.5, 1.0)
+    assert converged(by_length({0.5: 3490, 1: 3500}))["A"]["converged"] is True
+    text = length_findings(by_length({0.5: 3000, 1: 3500, 2: 4000}))
+    assert "had not converged" in text and "+14 %" in text
+    assert "no growth is resolved" in length_findings(by_length({0.5: 3490, 1: 3500}))
+
+
+def test_bracketing_n_is_the_peak_and_the_next_lower_point_above():
+    import pandas as pd
+
+    from capq_lib.capacity import bracketing_n
+
+    curve = pd.DataFrame({"n_samples": [100, 200, 300, 400], "mutual_info": [100, 190, 150,
+                                                                             120]})
+    assert bracketing_n(curve, 200) == [200, 300]
+    assert bracketing_n(curve, 400) == [400]
