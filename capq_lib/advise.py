@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import validate
-from .precision import EXPERIMENT, FAMILIES, fewest_lossless_bits
+from .precision import EXPERIMENT, FAMILIES, STUDY, fewest_lossless_bits
 from .results import ResultsCache
 
 
@@ -38,23 +38,27 @@ class Advice:
 
 def measured(profile: str | None = None, cache: ResultsCache | None = None,
              tolerance: float | None = None) -> pd.DataFrame:
-    """Fewest lossless bits of every measured (model, N), main setting: our recipe,
-    progressive quantization with retraining and the chapter's step rule."""
+    """Fewest lossless bits of every measured (model, N) of the quantization study's main
+    setting: our recipe, progressive quantization with retraining and the chapter's step
+    rule, at every capacity definition (N_at_max fractions and C/2); the fill sweep's nets
+    (another recipe length, no capacity point) are not evidence here."""
     rows = []
     for record in (cache or ResultsCache()).records(EXPERIMENT):
         res = record["result"]
         if profile is None or res.get("profile") == profile:
-            tol = record["config"]["study"]["lossless_tolerance"] if tolerance is None \
-                else tolerance
             df = pd.DataFrame(res["rows"])
-            df = df[df.main & (df.recipe == "ours")]
+            if "study" in df:
+                df = df[df.study.fillna(STUDY) == STUDY]
+            df = df[df.main & (df.recipe == "ours")] if len(df) else df
             if len(df):
+                tol = record["config"]["study"]["lossless_tolerance"] if tolerance is None \
+                    else tolerance
                 rows.append(fewest_lossless_bits(df, tol))
     if not rows:
         return pd.DataFrame(columns=["family", "model", "params", "n_samples",
-                                     "data_per_param", "capacity_fraction", "recipe", "main",
-                                     "fewest_lossless_bits", "float_accuracy", "widest",
-                                     "tolerance"])
+                                     "data_per_param", "capacity_fraction", "recipe",
+                                     "definition", "study", "main", "fewest_lossless_bits",
+                                     "float_accuracy", "widest", "tolerance"])
     return pd.concat(rows, ignore_index=True).drop_duplicates(
         ["family", "model", "n_samples"], keep="last").reset_index(drop=True)
 

@@ -83,7 +83,10 @@ class Claim:
     def rows(self, ev: Evidence) -> list[dict]:
         out = []
         for f in self.judge(ev):
-            text = f"{self.text} ({f.subject})" if f.subject else self.text
+            if "{subject}" in self.text:
+                text = self.text.format(subject=f.subject)
+            else:
+                text = f"{self.text} ({f.subject})" if f.subject else self.text
             test = self.test + (f"; precondition: {self.precondition}"
                                 if self.precondition else "")
             out.append(dict(zip(COLUMNS, [self.chapter, text, f.paper or self.paper,
@@ -302,6 +305,97 @@ def _order(ev: Evidence) -> list[Finding]:
     return [Finding(ours, v.ordered([e for _, e in fams]))]
 
 
+# --- Quantization -------------------------------------------------------------------------
+
+FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
+FULL, HALF_C, HALF_N = "N_at_max x 1", "C/2", "N_at_max/2"
+
+
+def bits_needed(g: pd.DataFrame) -> Bits:
+    """The most any of these settings needed (a loss even at the widest width wins)."""
+    widest = int(g.widest.max())
+    if g.fewest_lossless_bits.isna().any():
+        return Bits(None, widest)
+    return Bits(int(g.fewest_lossless_bits.max()), widest)
+
+
+def _quant_full(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    if t.empty:
+        return []
+    ref = reference.value("quantization.lossless_bits_full_capacity")
+    out = []
+    for fam, g in t[t.definition == FULL].groupby("family", sort=False):
+        b = bits_needed(g)
+        out.append(Finding(f"{b.text()} bits (the most any of {_models(g)} needed)",
+                           v.bits_match(b, ref[fam]), FAMILY_NAMES[fam], f"{ref[fam]} bits"))
+    return out
+
+
+def _quant_half(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    fc = t[(t.family == "fc") & (t.definition == HALF_C)] if len(t) else t
+    if fc.empty:
+        return []
+    b = bits_needed(fc)
+    ours_half = t[(t.family == "fc") & (t.definition == HALF_N)]
+    extra = (f"; at our N_at_max/2: {bits_needed(ours_half).text()} bits" if len(ours_half)
+             else "")
+    ref = reference.value("quantization.half_capacity_fc")
+    paper = (f"{ref['lossless_bits']} bits ({ref['depth']}x{ref['width']} FCDNN, C about "
+             f"{ref['capacity_bits']:,} bits, N = {ref['n_samples']:,})")
+    return [Finding(f"{b.text()} bits at N = C/2 ({_models(fc)}){extra}",
+                    v.bits_at_most(b, ref["lossless_bits"]), paper=paper)]
+
+
+def _quant_fewer_samples(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    if t.empty:
+        return []
+    parts, outcomes = [], []
+    for model, g in t.groupby("model", sort=False):
+        g = g.sort_values("data_per_param")
+        pts = [(float(r.data_per_param),
+                Bits(None if r.fewest_lossless_bits != r.fewest_lossless_bits
+                     else int(r.fewest_lossless_bits), int(r.widest)))
+               for _, r in g.iterrows()]
+        outcomes.append(v.rises(pts))
+        parts.append(f"{model}: " + ", ".join(f"{b.text()} at N/P {x:.2g}" for x, b in pts))
+    k = sum(o.outcome == v.AGREES for o in outcomes)
+    return [Finding(f"bits rise with N/P in {k} of {len(outcomes)} models ("
+                    + "; ".join(parts) + ")", _all(outcomes))]
+
+
+FILL_LEAST_SLOPE = 0.5
+FILL_BAND = 0.25
+
+
+def _quant_fill_trend(ev: Evidence) -> list[Finding]:
+    nets = ev.fill[ev.fill.recipe == "ours"] if len(ev.fill) else ev.fill
+    if nets.empty:
+        return []
+    s = v.slope(nets.bits_per_param_float, nets.ranked_bits)
+    return [Finding(f"fewest lossless bits rise by {s.text(what='nets')} per bit stored per "
+                    f"parameter "
+                    f"(least squares over the FCDNNs of the fill sweep, our recipe, "
+                    f"{nets.bits_per_param_float.min():.2f} to "
+                    f"{nets.bits_per_param_float.max():.2f} bits per parameter)",
+                    v.trend_up(s, FILL_LEAST_SLOPE))]
+
+
+def _quant_operating_point(ev: Evidence) -> list[Finding]:
+    if ev.fill.empty:
+        return []
+    bpp = reference.value("fcdnn.bits_per_param_mean")
+    bits = reference.value("quantization.lossless_bits_full_capacity")["fc"]
+    near = ev.fill[(ev.fill.bits_per_param_float - bpp).abs() <= FILL_BAND]
+    k = int((near.ranked_bits <= bits).sum())
+    needed = ", ".join(f"{int(b)}" for b in sorted(near.ranked_bits)) or "none"
+    return [Finding(f"{k} of {len(near)} fill-sweep FCDNNs storing {bpp} +- {FILL_BAND} bits "
+                    f"per parameter are lossless at {bits} bits (bits they needed: {needed})",
+                    v.all_hold(k, len(near)))]
+
+
 CLAIMS: list[Claim] = [
     Claim("mi.eq1", "Mutual information",
           "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
@@ -351,6 +445,31 @@ CLAIMS: list[Claim] = [
           "families.order", "family means of replicated bits per parameter (conv share for "
           "CNNs)", "each step up > 2 s.e. (agrees); a step down by > 2 s.e. (differs)",
           _order),
+    Claim("quant.full", "Quantization", "{subject} at full capacity keeps its accuracy down to",
+          "quantization.lossless_bits_full_capacity",
+          "fewest bits at which the seeds' mean accuracy stays within the chapter's tolerance "
+          "of float, at that width and every wider one, progressive quantization with "
+          "retraining, N = N_at_max; the most any model of the family needed",
+          "equal to the paper's width within 1 bit", _quant_full),
+    Claim("quant.half", "Quantization", "an FCDNN at half capacity keeps every sample at 4 bits",
+          "quantization.half_capacity_fc", "as above, FCDNNs at the paper's half capacity, "
+          "N = C/2 (C the replicated capacity in bits)", "fewest lossless bits <= 4",
+          _quant_half),
+    Claim("quant.fewer_samples", "Quantization", "fewer samples per parameter need fewer bits",
+          "quantization.overparameterized_more_robust",
+          "fewest lossless bits of each model at every N it was trained at (a loss even at the "
+          "widest width counts as more bits, never as missing)",
+          "per model, never fewer bits at a larger N/P, and strictly more at the largest than "
+          "at the smallest", _quant_fewer_samples),
+    Claim("quant.fill", "Quantization", "the more a weight stores, the more bits it needs",
+          "quantization.bits_follow_capacity_per_parameter",
+          "fill sweep: FCDNNs trained at N/P from 1 to 3, each net's float I/P against its own "
+          "fewest lossless bits", f"slope's interval above 0 (agrees) or below "
+          f"{FILL_LEAST_SLOPE} bits per bit per parameter (differs)", _quant_fill_trend),
+    Claim("quant.operating_point", "Quantization", "an FCDNN storing 2.3 bits per parameter "
+          "keeps its accuracy at 6 bits", "quantization.fc_operating_point",
+          f"fill-sweep FCDNNs (both recipes) whose float I/P lies within {FILL_BAND} of 2.3",
+          "every one lossless at 6 bits", _quant_operating_point),
 ]
 
 

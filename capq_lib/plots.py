@@ -397,23 +397,110 @@ def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
 
 
 def lossless_bits_by_ratio(table: pd.DataFrame, paper: dict[str, int]) -> go.Figure:
-    """Fewest lossless bits against data per parameter, one line per family, the paper's
-    full-capacity values as dashed levels: the advisor's evidence."""
+    """Fewest lossless bits against data per parameter, one line per model, the paper's
+    full-capacity values as dashed levels: the advisor's evidence. A setting that lost even
+    at the widest width is drawn one above it, as "> widest" (worse, not absent)."""
     fig = go.Figure()
-    for i, (family, g) in enumerate(table.groupby("family", sort=False)):
+    widest = int(table.widest.max()) if len(table) else 0
+    families = list(dict.fromkeys(table.family))
+    symbols = ["circle", "square", "diamond", "cross", "star"]
+    for (family, model), g in table.groupby(["family", "model"], sort=False):
         g = g.sort_values("data_per_param")
-        color = PALETTE[i % len(PALETTE)]
+        color = PALETTE[families.index(family) % len(PALETTE)]
+        lost = g.fewest_lossless_bits.isna()
+        shown = [f">{int(w)}" if m else str(int(b))
+                 for b, w, m in zip(g.fewest_lossless_bits, g.widest, lost, strict=True)]
+        k = list(dict.fromkeys(table[table.family == family].model)).index(model)
         fig.add_trace(go.Scatter(
-            x=g.data_per_param, y=g.fewest_lossless_bits, mode="lines+markers", name=family,
-            line=dict(color=color, shape="hv"), text=g.model,
-            hovertemplate="%{text}: N/P = %{x:.2f}, %{y} bits<extra>" + family + "</extra>"))
+            x=g.data_per_param, y=g.fewest_lossless_bits.fillna(g.widest + 1),
+            mode="lines+markers", name=f"{family} {model}", line=dict(color=color, shape="hv"),
+            marker=dict(symbol=[("triangle-up" if m else symbols[k % len(symbols)])
+                                for m in lost], size=9),
+            text=shown, hovertemplate=f"{model}: " + "N/P = %{x:.2f}, %{text} bits<extra>"
+            + family + "</extra>"))
+    for i, family in enumerate(families):
         if family in paper:
-            fig.add_hline(y=paper[family], line_dash="dash", line_color=color,
+            fig.add_hline(y=paper[family], line_dash="dash",
+                          line_color=PALETTE[i % len(PALETTE)],
                           annotation_text=f"paper, {family} at capacity: {paper[family]}",
                           annotation_position="top left")
+    ticks = list(range(0, widest + 1, 2))
     return _layout(fig, "Fewest bits without loss against samples per parameter",
                    xaxis=dict(title="samples per parameter N / P"),
-                   yaxis=dict(title="fewest lossless bits", rangemode="tozero"))
+                   yaxis=dict(title="fewest lossless bits", rangemode="tozero",
+                              tickvals=[*ticks, widest + 1],
+                              ticktext=[*map(str, ticks), f">{widest}"]))
+
+
+def fill_sweep(nets: pd.DataFrame, paper_bpp: float, paper_bits: int,
+               fits: pd.DataFrame | None = None, study_nets: pd.DataFrame | None = None
+               ) -> go.Figure:
+    """The fill sweep: each net's fewest lossless bits against the bits it stored per
+    parameter in float (small points, jittered up and down so equal widths stay readable),
+    the mean +- sd over seeds per N (large points), a colour per recipe, a symbol per model,
+    the fitted line per recipe (``fits``, ``fill.fit``), the paper's operating point, and
+    optionally the quantization study's own nets (``study_nets``, hollow grey). A net that
+    lost even at the widest width sits one above it, labelled "> widest"."""
+    fig = go.Figure()
+    widest = int(nets.widest.max())
+    recipes = list(dict.fromkeys(nets.recipe))
+    models = list(dict.fromkeys(nets.model))
+    symbols = ["circle", "square", "diamond", "cross", "star", "hexagon"]
+    names = {"ours": "our recipe", "paper": "paper-range recipe"}
+    jitter = (((np.arange(len(nets)) * 0.618034) % 1.0) - 0.5) * 0.3
+    nets = nets.assign(_y=nets.ranked_bits + jitter,
+                       _shown=[f">{int(w)}" if b != b else str(int(b))
+                               for b, w in zip(nets.fewest_lossless_bits, nets.widest,
+                                               strict=True)])
+    for (recipe, model), g in nets.groupby(["recipe", "model"], sort=False):
+        color = PALETTE[recipes.index(recipe) % len(PALETTE)]
+        symbol = symbols[models.index(model) % len(symbols)]
+        label = f"{names.get(recipe, recipe)}, {model}"
+        fig.add_trace(go.Scatter(
+            x=g.bits_per_param_float, y=g._y, mode="markers", name=f"{label}, each net",
+            legendgroup=label, marker=dict(color=color, symbol=symbol, size=6, opacity=0.45),
+            customdata=np.c_[g.n_per_param, g._shown, g.float_accuracy],
+            hovertemplate=(f"{label}<br>N/P = " + "%{customdata[0]}: %{x:.2f} bits/param "
+                           "(p = %{customdata[2]:.4f}), %{customdata[1]} bits<extra></extra>")))
+        m = g.groupby("n_per_param").agg(x=("bits_per_param_float", "mean"),
+                                         x_sd=("bits_per_param_float", "std"),
+                                         y=("ranked_bits", "mean"), y_sd=("ranked_bits", "std"),
+                                         k=("seed", "size")).reset_index().fillna(0.0)
+        fig.add_trace(go.Scatter(
+            x=m.x, y=m.y, mode="markers", name=f"{label}, mean +- sd per N",
+            legendgroup=label, marker=dict(color=color, symbol=symbol, size=12,
+                                           line=dict(color="#111", width=1)),
+            error_x=dict(type="data", array=m.x_sd, color=color, thickness=1),
+            error_y=dict(type="data", array=m.y_sd, color=color, thickness=1),
+            customdata=np.c_[m.n_per_param, m.k],
+            hovertemplate=(f"{label}, N/P = " + "%{customdata[0]} (%{customdata[1]} nets): "
+                           "%{x:.2f} bits/param, %{y:.2f} bits<extra></extra>")))
+    if fits is not None and "slope" in fits:
+        for _, f in fits.dropna(subset=["slope"]).iterrows():
+            xs = np.array([f.bpp_min, f.bpp_max])  # over the fills the recipe reached
+            color = PALETTE[recipes.index(f.recipe) % len(PALETTE)]
+            fig.add_trace(go.Scatter(
+                x=xs, y=f.intercept + f.slope * xs, mode="lines", line=dict(color=color,
+                                                                            dash="dot"),
+                name=f"{names.get(f.recipe, f.recipe)}: fitted line", hoverinfo="skip"))
+    if study_nets is not None and len(study_nets):
+        fig.add_trace(go.Scatter(
+            x=study_nets.bits_per_param_float, y=study_nets.ranked_bits, mode="markers",
+            name="the quantization study's nets (our recipe)",
+            marker=dict(color="#888", symbol="circle-open", size=9, line=dict(width=1.5)),
+            text=[f"{m} at {d}" for m, d in zip(study_nets.model, study_nets.definition,
+                                                 strict=True)],
+            hovertemplate="%{text}: %{x:.2f} bits/param, %{y} bits<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=[paper_bpp], y=[paper_bits], mode="markers", marker=dict(**{**PAPER, "size": 14}),
+        name=f"paper: {paper_bpp} bits/param, lossless at {paper_bits} bits",
+        hovertemplate="paper (Sec. 4.1, 5.1): %{x} bits/param, %{y} bits<extra></extra>"))
+    ticks = list(range(0, widest + 1, 2))
+    return _layout(fig, "Fill sweep: bits needed per weight against bits stored per parameter",
+                   height=560, xaxis=dict(title="bits stored per parameter in float (I / P)"),
+                   yaxis=dict(title="fewest lossless bits (each net)", rangemode="tozero",
+                              tickvals=[*ticks, widest + 1],
+                              ticktext=[*map(str, ticks), f">{widest}"]))
 
 
 # --- Real tasks and loss surfaces -----------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import claims, reference, trained_mi
+from . import claims, fill, reference, trained_mi
 from .capacity import (
     CNN_KIND,
     FCDNN_CNN_RECIPE_KIND,
@@ -177,58 +177,6 @@ def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
 FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
 
 
-def lossless_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per family, the fewest lossless bits at full and at half capacity (the most any of
-    its models needed, main setting), beside the paper's full-capacity value."""
-    ref = reference.value("quantization.lossless_bits_full_capacity")
-    main = table[table.main & (table.recipe == "ours")]
-    out = []
-    for fam, g in main.groupby("family", sort=False):
-        row = {"family": FAMILY_NAMES[fam], "models": ", ".join(dict.fromkeys(g.model))}
-        for frac, col in ((1.0, "full capacity"), (0.5, "half capacity")):
-            b = g[g.capacity_fraction == frac].fewest_lossless_bits
-            row[f"fewest lossless bits, {col}"] = (
-                "-" if not len(b) else f">{int(g.widest.max())}" if b.isna().any()
-                else str(int(b.max())))
-        row["paper, full capacity"] = ref[fam]
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def quantization_rows(table: pd.DataFrame) -> list[dict]:
-    """The paper's quantization claims (Sec. 5.1) against the main-setting measurements."""
-    rows = []
-    if table.empty:
-        return rows
-    ref = reference.value("quantization.lossless_bits_full_capacity")
-    main = table[table.main & (table.recipe == "ours")]
-    full = main[main.capacity_fraction == 1.0]
-    for fam, g in full.groupby("family", sort=False):
-        b = g.fewest_lossless_bits
-        ours = f">{int(g.widest.max())}" if b.isna().any() else str(int(b.max()))
-        ok = not b.isna().any() and abs(int(b.max()) - ref[fam]) <= 1  # within a bit
-        rows.append(_row("Quantization", f"{FAMILY_NAMES[fam]} at full capacity keeps its "
-                         f"accuracy down to", f"{ref[fam]} bits", "Sec. 5.1, Fig. 3(a)",
-                         f"{ours} bits ({', '.join(g.model)})", ok))
-    half = main[(main.family == "fc") & (main.capacity_fraction == 0.5)]
-    if len(half):
-        b = half.fewest_lossless_bits
-        ours = f">{int(half.widest.max())}" if b.isna().any() else str(int(b.max()))
-        rows.append(_row("Quantization", "an FCDNN at half capacity keeps every sample at",
-                         "4 bits", "Sec. 5.1, Fig. 3(b)", f"{ours} bits",
-                         not b.isna().any() and int(b.max()) <= 4))
-    robust = []
-    for _, g in main.groupby(["family", "model"]):
-        g = g.dropna(subset=["fewest_lossless_bits"]).sort_values("data_per_param")
-        if len(g) >= 2:
-            robust.append(bool(g.fewest_lossless_bits.is_monotonic_increasing))
-    if robust:
-        rows.append(_row("Quantization", "fewer samples per parameter need fewer bits",
-                         "yes", "Sec. 5.1, Fig. 4",
-                         f"monotone in {sum(robust)} of {len(robust)} models", all(robust)))
-    return rows
-
-
 def divergence_table(table: pd.DataFrame) -> pd.DataFrame:
     """FCDNNs at full capacity: fewest lossless bits under each training recipe, step rule
     and retraining length, beside the paper's 6."""
@@ -331,8 +279,11 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
     if len(cnn) and len(lengths):
         done = converged(capacity_by_length(lengths))
         cnn["converged"] = [done.get(m, {}).get("converged", True) for m in cnn.model]
+    from .advise import measured  # advise -> precision -> scorecard: imported when used
+
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
-                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths)
+                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths,
+                    lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache))
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
@@ -347,13 +298,10 @@ def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> 
     """Every claim with results under ``profile``, from the cache."""
     cache = cache or ResultsCache()
     rows = claims.rows(evidence(profile, cache))
-    from .advise import measured
-
-    old = quantization_rows(measured(profile, cache))
     real = [{**r, "key": rec["key"]} for rec in cache.records("real-tasks")
             if profile is None or rec["result"].get("profile") == profile
             for r in rec["result"]["rows"]]
-    old += real_task_rows(pd.DataFrame(real).drop_duplicates(
+    old = real_task_rows(pd.DataFrame(real).drop_duplicates(
         ["task", "model", "bits", "retrained", "split"], keep="last") if real else
         pd.DataFrame())
     extra = pd.DataFrame(old, columns=[c for c in COLUMNS if c != "test"]).assign(test="")

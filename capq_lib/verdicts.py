@@ -76,15 +76,16 @@ class Estimate:
     def high(self) -> float:
         return self.mean + Z * self.se
 
-    def text(self, fmt: str = ".2f") -> str:
-        """'2.31 +- 0.04 (3 seeds)'; '>= 2.31' for a lower bound."""
+    def text(self, fmt: str = ".2f", what: str = "seeds") -> str:
+        """'2.31 +- 0.04 (3 seeds)', the interval of the tests (2 standard errors); '>= 2.31'
+        for a lower bound. ``what`` names the replicates."""
         if self.missing:
             return "not measured"
         core = f"{self.mean:{fmt}}"
         if self.n > 1 and self.se == self.se:
             core += f" +- {Z * self.se:{fmt}}"
-        seeds = f" ({self.n} seeds)" if self.n != 1 else " (1 seed)"
-        return (">= " if self.lower_bound else "") + core + seeds
+        count = f" ({self.n} {what})" if self.n != 1 else f" (1 {what.rstrip('s')})"
+        return (">= " if self.lower_bound else "") + core + count
 
 
 def mean_of(estimates: Sequence[Estimate]) -> Estimate:

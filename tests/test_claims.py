@@ -119,3 +119,49 @@ def test_missing_chapters_give_no_rows_and_markdown_lists_the_rest():
 @pytest.mark.parametrize("claim", claims.CLAIMS, ids=lambda c: c.key)
 def test_every_claim_names_its_source_test_and_paper_value(claim):
     assert claim.source and claim.test and claim.measure and claim.paper
+
+
+def lossless(rows):
+    """advise.measured rows: (family, model, definition, N/P, fewest or None, widest)."""
+    return pd.DataFrame([{"family": f, "model": m, "definition": d, "data_per_param": x,
+                          "fewest_lossless_bits": float("nan") if b is None else b,
+                          "widest": w} for f, m, d, x, b, w in rows])
+
+
+def test_quantization_at_full_and_half_capacity():
+    t = lossless([("fc", "1x16", "N_at_max x 1", 2.5, 6, 12),
+                  ("fc", "1x32", "N_at_max x 1", 2.6, 7, 12),
+                  ("fc", "1x32", "C/2", 1.1, 4, 12), ("fc", "1x32", "N_at_max/2", 1.3, 5, 12),
+                  ("rnn", "LSTM-8", "N_at_max x 1", 3.0, None, 12)])
+    rows = {r["claim"]: r for r in claims.by_key("quant.full").rows(Evidence("t", lossless=t))}
+    assert rows["FCDNN at full capacity keeps its accuracy down to"]["verdict"] == "agrees"
+    # lossy even at 12 bits: more than the paper's 10 + 1
+    assert rows["LSTM at full capacity keeps its accuracy down to"]["verdict"] == "differs"
+    half = claims.by_key("quant.half").rows(Evidence("t", lossless=t))[0]
+    assert half["verdict"] == "agrees" and "at our N_at_max/2: 5 bits" in half["we measured"]
+    t.loc[2, "fewest_lossless_bits"] = 5
+    assert verdict(Evidence("t", lossless=t), "quant.half") == "differs"
+
+
+def test_fewer_samples_fewer_bits_counts_a_loss_at_the_widest_as_more_bits():
+    up = lossless([("fc", "1x16", "N_at_max x 0.25", 0.6, 3, 12),
+                   ("fc", "1x16", "N_at_max x 1", 2.5, None, 12)])
+    assert verdict(Evidence("t", lossless=up), "quant.fewer_samples") == "agrees"
+    down = lossless([("fc", "1x16", "N_at_max x 0.25", 0.6, None, 12),
+                     ("fc", "1x16", "N_at_max x 1", 2.5, 8, 12)])
+    assert verdict(Evidence("t", lossless=down), "quant.fewer_samples") == "differs"
+
+
+def fill_nets(slope, bpp=(1.0, 1.5, 2.0, 2.3, 2.5), seeds=3):
+    rows = [{"recipe": "ours", "bits_per_param_float": b + 0.01 * k,
+             "ranked_bits": round(4 + slope * (b - 1.0)) + (k % 2)}
+            for b in bpp for k in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_the_fill_sweep_trend_and_the_papers_operating_point():
+    assert verdict(Evidence("t", fill=fill_nets(2.7)), "quant.fill") == "agrees"
+    assert verdict(Evidence("t", fill=fill_nets(0.0)), "quant.fill") == "differs"
+    # nets near 2.3 bits/param: 4 + 2.7 * 1.3 = 7.5 -> 8 bits, not 6
+    assert verdict(Evidence("t", fill=fill_nets(2.7)), "quant.operating_point") == "differs"
+    assert verdict(Evidence("t", fill=fill_nets(0.5)), "quant.operating_point") == "agrees"

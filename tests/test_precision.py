@@ -21,7 +21,8 @@ FAST = dict(
              "rnn": {"optimizer": "adam", "lr": 0.01, "epochs": 5, "batches_per_epoch": 4}},
     paper_recipe_fc={"optimizer": "sgd", "lr": 0.03, "schedule": "step", "epochs": 30,
                      "batches_per_epoch": 4},
-    long_retrain_factor=2, n_at_capacity={"1x8": 120, "LSTM-4": 200}, profile="unit")
+    long_retrain_factor=2, n_at_capacity={"1x8": 120, "LSTM-4": 200},
+    capacity_bits={"1x8": 100.0, "LSTM-4": 170.0}, profile="unit")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,14 @@ def test_records_hold_every_width_rule_and_variant(measured_rows):
     assert (rows.accuracy.between(0, 1)).all()
     half = rows[(rows.model == "1x8") & (rows.capacity_fraction == 0.5)]
     assert half.n_samples.iloc[0] == 60 and set(half.recipe) == {"ours"}
+    assert set(half.definition) == {"N_at_max/2"} and set(unit.definition) == {"N_at_max x 1"}
+    # the paper's half capacity: N = C / 2, labelled, no divergence variants
+    paper_half = rows[(rows.model == "1x8") & (rows.definition == "C/2")]
+    assert set(paper_half.n_samples) == {50} and set(paper_half.recipe) == {"ours"}
+    assert paper_half.capacity_fraction.iloc[0] == pytest.approx(50 / 120, abs=1e-4)
+    assert set(paper_half[paper_half.retrained].retrain_epochs) == {2}
+    assert set(rows[rows.model == "LSTM-4"].definition) == {"N_at_max/2", "N_at_max x 1", "C/2"}
+    assert set(rows.study) == {"fractions"}
 
 
 def test_saved_nets_reproduce_the_float_and_direct_records(measured_rows):
@@ -70,11 +79,11 @@ def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp
     study = QuantizationStudy(**{**FAST, "rnn_models": []})
     real, calls = precision.run_unit, []
 
-    def flaky(study_, unit, n, device, lr=None):
+    def flaky(study_, unit, n, device, *args):
         calls.append(unit.spec.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(study_, unit, n, device, lr)
+        return real(study_, unit, n, device, *args)
 
     monkeypatch.setattr(precision, "run_unit", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -84,8 +93,8 @@ def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp
     calls.clear()
     monkeypatch.setattr(precision, "run_unit", real)
     rows = measure_quantization(study, "cpu", cache, progress=False)
-    assert len(cache.records("quantization")) == len(study.units()) == 3
-    assert rows.key.nunique() == 3
+    assert len(cache.records("quantization")) == len(study.units()) == 4
+    assert rows.key.nunique() == 4
 
     def refuse(*a):
         raise AssertionError("a cached unit was recomputed")
@@ -165,7 +174,7 @@ def test_study_rejects_bad_settings_early():
 def test_missing_capacity_results_name_the_chapter_to_build(tmp_path):
     from capq_lib.results import ResultsCache
 
-    study = QuantizationStudy(**{**FAST, "n_at_capacity": None})
+    study = QuantizationStudy(**{**FAST, "n_at_capacity": None, "capacity_bits": None})
     with pytest.raises(ConfigError, match="build the fcdnn-capacity chapter first"):
         measure_quantization(study, "cpu", ResultsCache(tmp_path), progress=False)
     assert not (tmp_path / "quantization").exists()
@@ -224,3 +233,96 @@ def test_a_stalled_seed_below_capacity_is_retried_at_a_third_of_the_lr(tmp_path,
     assert [3.0] in calls  # the half-capacity unit retried its stalled seeds at lr / 3
     full = rows[(rows.capacity_fraction == 1.0) & (rows.recipe == "ours")]
     assert set(full.lr) == {9.0}  # at capacity nothing is retried
+
+
+def test_the_c_overrides_are_checked_before_any_training(tmp_path):
+    from capq_lib.results import ResultsCache
+
+    with pytest.raises(ConfigError, match="capacity_bits gives model '1x8' without "
+                                          "n_at_capacity"):
+        QuantizationStudy(**{**FAST, "n_at_capacity": None})
+    study = QuantizationStudy(**{**FAST, "capacity_bits": None})
+    with pytest.raises(ConfigError, match="capacity_bits must give the capacity in bits of "
+                                          "model '1x8'.*C/2 unit needs it"):
+        measure_quantization(study, "cpu", ResultsCache(tmp_path), progress=False)
+    assert not (tmp_path / "quantization").exists()
+    # without C units the N overrides alone are enough
+    alone = QuantizationStudy(**{**FAST, "capacity_bits": None, "capacity_bits_fractions": []})
+    assert {u.definition for u in alone.units()} == {"N_at_max/2", "N_at_max x 1"}
+    with pytest.raises(ConfigError, match="capacity_bits_fractions must be a number in"):
+        QuantizationStudy(**{**FAST, "capacity_bits_fractions": [-0.5]})
+
+
+def test_capacity_point_reads_n_at_max_and_c_from_the_capacity_chapter(tmp_path):
+    from capq_lib.results import ResultsCache
+
+    cache = ResultsCache(tmp_path)
+    cache.put("fcdnn-capacity", {"model": "1x8"}, {"profile": "unit", "model": "1x8",
+                                                   "n_at_max": 130, "capacity_bits": 111.0,
+                                                   "lr_at_max": 0.2}, "cpu", 0.0)
+    study = QuantizationStudy(**{**FAST, "n_at_capacity": None, "capacity_bits": None,
+                                 "rnn_models": []})
+    units = {u.definition: u for u in study.units() if u.recipe == "ours"}
+    point = precision.capacity_point(study, units["C/2"], cache)
+    assert (point.n_at_max, point.capacity_bits, point.lr) == (130, 111.0, 0.2)
+    assert point.n_samples(units["C/2"]) == 56 and point.n_samples(units["N_at_max/2"]) == 65
+    assert precision.definition("n_at_max", 0.25) == "N_at_max x 0.25"
+    assert precision.definition("capacity_bits", 1.0) == "C x 1"
+
+
+def settings(spec: dict[tuple[str, str], list[dict[int, float]]], widest: int = 8
+             ) -> pd.DataFrame:
+    """Rows of several (model, definition) settings, one accuracy-by-bits dict per seed
+    (float accuracy 1.0)."""
+    parts = []
+    for (model, d), seeds in spec.items():
+        n = {"N_at_max x 1": 100, "N_at_max/2": 50, "C/2": 42}[d]
+        for seed, accs in enumerate(seeds):
+            parts.append(synthetic(accs, definition=d, study="fractions")
+                         .assign(model=model, seed=seed, n_samples=n, data_per_param=n / 10,
+                                 capacity_fraction=n / 100))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_lossless_tables_by_definition_and_by_tolerance():
+    rows = settings({
+        ("1x8", "N_at_max x 1"): [{8: 1.0, 6: 0.996, 4: 0.9}, {8: 0.98, 6: 0.98, 4: 0.9}],
+        ("1x8", "N_at_max/2"): [{8: 1.0, 6: 1.0, 4: 0.996}, {8: 1.0, 6: 1.0, 4: 0.99}],
+        ("1x8", "C/2"): [{8: 1.0, 6: 1.0, 4: 1.0}, {8: 1.0, 6: 1.0, 4: 1.0}]})
+    table = fewest_lossless_bits(rows, 0.005)
+    wide = precision.lossless_by_definition(table)
+    assert wide.loc[0, "N_at_max x 1"] == ">8"  # the seeds' mean lost a point at 8 bits
+    assert (wide.loc[0, "N_at_max/2"], wide.loc[0, "C/2"]) == ("6", "4")
+    assert wide.loc[0, "paper, C/2"] == 4 and wide.loc[0, "paper, full (N_at_max)"] == 6
+    sens = precision.lossless_sensitivity(rows)
+    full = sens[sens.definition == "N_at_max x 1"].set_index("seed")
+    assert full.loc["1"].tolist()[-4:] == ["8", "6", "6", "6"]    # 0, 0.5, 1, 2 points
+    assert full.loc["2"].tolist()[-4:] == [">8", ">8", ">8", "6"]
+    assert full.loc["mean"].tolist()[-4:] == [">8", ">8", "8", "6"]
+    assert list(sens.definition.unique()) == ["N_at_max x 1", "N_at_max/2", "C/2"]
+    lines = precision.sensitivity_lines(sens)
+    assert lines[0].startswith("Per net, loosening the tolerance from 0 pt to 2 pt lowers")
+    sizes = pd.DataFrame([{"model": "1x8", "extra samples": 50 / 42 - 1}])
+    text = " ".join(precision.half_capacity_lines(table, sizes))
+    assert "19 to 19 % more samples" in text and "N_at_max/2 1x8 6; C/2 1x8 4" in text
+
+
+def test_fewer_samples_fewer_bits_ranks_a_loss_at_the_widest_as_worse_not_absent():
+    def table(bits: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"family": "fc", "model": "1x8", "recipe": "ours", "main": True,
+                             "study": "fractions", "data_per_param": [0.5, 1.0, 2.0],
+                             "fewest_lossless_bits": bits, "widest": 12})
+
+    nan = float("nan")
+    ok = precision.fewer_samples_fewer_bits(table([4.0, 6.0, nan]))
+    assert ok.monotone.tolist() == [True] and ok["fewest lossless bits"][0] == "4, 6, >12"
+    bad = precision.fewer_samples_fewer_bits(table([nan, 6.0, 8.0]))
+    assert bad.monotone.tolist() == [False]  # dropping the loss would have called it monotone
+
+
+def test_recipe_line_reports_the_learning_rates_recorded(measured_rows):
+    rows, _ = measured_rows
+    (line,) = precision.recipe_lines(rows, QuantizationStudy(**FAST))
+    assert "our recipe (SGD, cosine decay, lr 0.3, 30 epochs)" in line
+    assert "the paper-range recipe (SGD, step decay, lr 0.03, 30 epochs)" in line
+    assert line.endswith("the paper searched lr 0.001 to 0.05 (lr 0.3 lies outside it).")
