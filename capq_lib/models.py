@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +136,12 @@ class CNNSpec:
         return self.convs()[-1][1] * 4 * 4
 
     @property
+    def conv_outputs(self) -> int:
+        """Floats of all convolution outputs for one sample (what a step keeps for backward)."""
+        sides = [IMAGE_SHAPE[1] >> b for b, n in enumerate(self.blocks()) for _ in range(n)]
+        return sum(o * side * side for (_, o), side in zip(self.convs(), sides, strict=True))
+
+    @property
     def n_params_conv(self) -> int:
         return sum(i * o * self.kernel**2 + o for i, o in self.convs())
 
@@ -168,6 +175,22 @@ def same_max_pool(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.max_pool2d(x, 3, 2, ceil_mode=True)
 
 
+def cnn_blocks(x: torch.Tensor, spec: CNNSpec,
+               conv: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Table 1's three blocks over ``x``, ``conv(i, x)`` being the i-th convolution: a ReLU
+    after each convolution, the block's last one after its pool. One net and stacked members
+    share this order and differ only in how they convolve (``conv``)."""
+    i = 0
+    for n in spec.blocks():
+        for j in range(n):
+            x = conv(i, x)
+            i += 1
+            if j < n - 1:
+                x = torch.relu(x)
+        x = torch.relu(same_max_pool(x))  # = pool(relu(x)), on a quarter of the values
+    return x
+
+
 class CNN(nn.Module):
     def __init__(self, spec: CNNSpec) -> None:
         super().__init__()
@@ -177,15 +200,7 @@ class CNN(nn.Module):
         self.output = nn.Linear(spec.features, spec.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i = 0
-        for n in self.spec.blocks():
-            for j in range(n):
-                x = self.convs[i](x)
-                i += 1
-                if j < n - 1:
-                    x = torch.relu(x)
-            x = torch.relu(same_max_pool(x))  # = pool(relu(x)), on a quarter of the values
-        return self.output(x.flatten(1))
+        return self.output(cnn_blocks(x, self.spec, lambda i, h: self.convs[i](h)).flatten(1))
 
 
 # --- LSTM classifier (Sec. 4.3) -----------------------------------------------------------

@@ -19,6 +19,9 @@ LSTMs with a batched cell (nn.LSTM under vmap falls back to slow loops).
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -37,8 +40,8 @@ from .models import (
     build_cnn,
     build_fcdnn,
     build_lstm,
+    cnn_blocks,
     lstm_step,
-    same_max_pool,
 )
 from .progress import bar as progress_bar
 from .quantize import QuantConfig, fake_quantize, quantized_names, step_size
@@ -132,29 +135,95 @@ class StackedFCDNN(StackedModel):
         return _readout(self, x)
 
 
+#: oneDNN's AVX2 convolutions compute output channels in vectors of 8 floats
+CPU_CHANNEL_VECTOR = 8
+#: on a CPU, members are convolved in sub-stacks whose convolution outputs take at most this
+#: many bytes (at least two members): A at batch 69 ran fastest in fours, D at 64 or more in pairs
+CPU_CNN_SUBSTACK_BYTES = 10 * 2**20
+#: on a CPU, evaluation (no gradients) runs this many samples per member at a time
+CPU_CNN_EVAL_SAMPLES = 256
+
+
+def cnn_substack_size(spec: CNNSpec, batch: int) -> int:
+    """Members per sub-stack on a CPU: an even number, 2 or more, within CPU_CNN_SUBSTACK_BYTES."""
+    fit = CPU_CNN_SUBSTACK_BYTES // (4 * batch * spec.conv_outputs)
+    return max(2, fit // 2 * 2)
+
+
+def cnn_substacks(k: int, size: int) -> list[int]:
+    """Sizes of the consecutive sub-stacks of ``k`` members: ``size`` each, the rest as one
+    stack of 2 or 3; never a lone member beside others (one member alone runs 1.4x slower
+    per sample than two)."""
+    sizes = []
+    while k >= size + 2:
+        sizes.append(size)
+        k -= size
+    return sizes + ([k] if k <= 3 or k % 2 == 0 else [2, k - 2])
+
+
+def pair_block_diagonal(w: torch.Tensor) -> torch.Tensor:
+    """Member weights (2m, out, in, kh, kw) as those of m convolutions, one per pair of
+    members: (2m out, 2 in, kh, kw), block-diagonal (each member reads only its own inputs)."""
+    pairs = w.unflatten(0, (-1, 2))  # (pair p, member g, out o, in i, kh, kw)
+    eye = torch.eye(2, dtype=w.dtype, device=w.device)
+    return torch.einsum("pgoihw,gj->pgojihw", pairs, eye).flatten(0, 2).flatten(1, 2)
+
+
 class StackedCNN(StackedModel):
-    """CNN members as one grouped convolution per layer (groups = K), channels-last, which
-    on a CPU ran twice as fast per member as separate small convolutions."""
+    """CNN members as grouped convolutions (one group per member), channels-last, which
+    on a CPU ran twice as fast per member as separate small convolutions.
+
+    On a CPU three more choices, none changing what is computed, made a training step
+    1.2x faster for A and D at K = 2-4 (benchmarks/cnn_step.py):
+
+    - members run in sub-stacks of a few (``cnn_substack_size``): per member, grouped
+      convolutions over many members ran slower (likely as each group reads the whole
+      channels-last activation); D at K = 10 ran 1.4x faster in pairs;
+    - in a sub-stack of even size, a layer with fewer than CPU_CHANNEL_VECTOR output
+      channels per member convolves each pair of members as one dense convolution with
+      block-diagonal weights: oneDNN pads a 4-channel group to 8 anyway, so the pair costs
+      no more arithmetic and gets the dense kernels (the first layer ran 1.5-2x faster);
+    - evaluation runs the batch in slices of CPU_CNN_EVAL_SAMPLES, whose activations stay
+      in cache (3x faster than whole memorization sets at once).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b = x.shape[:2]
+        cpu = x.device.type == "cpu"
+        if cpu and not torch.is_grad_enabled() and b > CPU_CNN_EVAL_SAMPLES:
+            return torch.cat([self.forward(x[:, i:i + CPU_CNN_EVAL_SAMPLES])
+                              for i in range(0, b, CPU_CNN_EVAL_SAMPLES)], dim=1)
         spec: CNNSpec = self.template.spec
-        x = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
-        x = x.contiguous(memory_format=torch.channels_last)
-        i = 0
-        for n in spec.blocks():
-            for j in range(n):
-                w, bias = self[f"convs.{i}.weight"], self[f"convs.{i}.bias"]
-                x = nn.functional.conv2d(x, w.flatten(0, 1), bias.flatten(),
-                                         padding=spec.kernel // 2, groups=k)
-                if i == 0:  # one member's 1-channel input reads as NCHW: 2.4x slower steps
-                    x = x.contiguous(memory_format=torch.channels_last)
-                i += 1
-                if j < n - 1:
-                    x = torch.relu(x)
-            # max pooling commutes with ReLU: the block's last ReLU runs on the pooled quarter
-            x = torch.relu(same_max_pool(x))
-        return _readout(self, x.reshape(b, k, -1).transpose(0, 1))
+        weights = [self[f"convs.{i}.weight"] for i in range(len(spec.convs()))]
+        biases = [self[f"convs.{i}.bias"] for i in range(len(spec.convs()))]
+        features, lo = [], 0
+        for size in cnn_substacks(k, cnn_substack_size(spec, b)) if cpu else [k]:
+            rows = slice(lo, lo + size)
+            features.append(self._features(x[rows], [w[rows] for w in weights],
+                                           [c[rows] for c in biases], pack=cpu))
+            lo += size
+        return _readout(self, torch.cat(features))
+
+    def _features(self, x: torch.Tensor, weights: list[torch.Tensor],
+                  biases: list[torch.Tensor], pack: bool) -> torch.Tensor:
+        """One stack's flattened last feature maps: (k, B, 1, H, W) -> (k, B, features)."""
+        k, b = x.shape[:2]
+        spec: CNNSpec = self.template.spec
+
+        def conv(i: int, h: torch.Tensor) -> torch.Tensor:
+            w = weights[i]
+            if pack and k % 2 == 0 and w.shape[1] < CPU_CHANNEL_VECTOR:
+                w, groups = pair_block_diagonal(w), k // 2
+            else:
+                w, groups = w.flatten(0, 1), k
+            h = nn.functional.conv2d(h, w, biases[i].flatten(), padding=spec.kernel // 2,
+                                     groups=groups)
+            # one member's 1-channel input reads as NCHW, and so would its output: 2.4x slower
+            return h.contiguous(memory_format=torch.channels_last)
+
+        h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+        h = cnn_blocks(h.contiguous(memory_format=torch.channels_last), spec, conv)
+        return h.reshape(b, k, -1).transpose(0, 1)
 
 
 class StackedLSTM(StackedModel):
@@ -264,22 +333,35 @@ def adam_step(params: list[torch.Tensor], grads: Sequence[torch.Tensor],
               m1: list[torch.Tensor], m2: list[torch.Tensor], t: torch.Tensor,
               sched: _Schedule, e: int, s: int) -> None:
     """torch.optim.Adam's update for every member at once, beta1 = the member's momentum;
-    a member without a batch at this step keeps its moments and step count."""
+    a member without a batch at this step keeps its moments and step count.
+
+    The per-member factors are computed once, and each line of the update runs over all
+    parameter tensors in one ``torch._foreach_*`` call: with a few small tensors per net,
+    per-op overhead is most of the update's cost (0.75 -> 0.35-0.45 ms per step for CNN A,
+    K = 2; the same arithmetic in the same order, so the same bits)."""
     active = sched.active[s]
     t.add_(active)
     b1 = sched.beta1
+    idle = 1 - active
     bc1 = 1 - b1 ** t.clamp(min=1)
     bc2 = 1 - ADAM_BETA2 ** t.clamp(min=1)
-    step = sched.lr[e, s] / bc1  # lr is 0 for an idle member
-    for p, g, mm, vv in zip(params, grads, m1, m2, strict=True):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        keep = (1 - active).view(shape)
-        mm.mul_(keep + active.view(shape) * b1.view(shape)).add_(
-            g * (active * (1 - b1)).view(shape))
-        vv.mul_(keep + active.view(shape) * ADAM_BETA2).add_(
-            g * g * (active * (1 - ADAM_BETA2)).view(shape))
-        denom = (vv.sqrt() / bc2.sqrt().view(shape)).add_(ADAM_EPS)
-        p.addcdiv_(mm * step.view(shape), denom, value=-1.0)
+    factors = torch.stack([idle + active * b1, active * (1 - b1),  # first moment
+                           idle + active * ADAM_BETA2, active * (1 - ADAM_BETA2),  # second
+                           bc2.sqrt(), sched.lr[e, s] / bc1])  # lr is 0 for an idle member
+    # each factor as a (K, 1, ...) view that broadcasts over one parameter tensor
+    per_param = [factors.view(len(factors), -1, *(1,) * (p.dim() - 1)).unbind(0)
+                 for p in params]
+    keep1, new1, keep2, new2, sqrt_bc2, step = ([f[j] for f in per_param] for j in range(6))
+    torch._foreach_mul_(m1, keep1)
+    torch._foreach_add_(m1, torch._foreach_mul(grads, new1))
+    g2 = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(g2, new2)
+    torch._foreach_mul_(m2, keep2)
+    torch._foreach_add_(m2, g2)
+    denom = torch._foreach_sqrt(m2)
+    torch._foreach_div_(denom, sqrt_bc2)
+    torch._foreach_add_(denom, ADAM_EPS)
+    torch._foreach_addcdiv_(params, torch._foreach_mul(m1, step), denom, value=-1.0)
 
 
 @torch.no_grad()
@@ -309,6 +391,28 @@ def stopping(accuracy: Sequence[float], group: Sequence[int], racing: bool) -> l
     return [accuracy[best[g]] == 1.0 or (racing and r != best[g]) for r, g in enumerate(group)]
 
 
+#: glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Ask the C library to keep the memory a training step frees, for the next step.
+
+    Every step allocates and frees the same activations. glibc serves large blocks with
+    fresh pages from the OS and returns freed ones, and each fresh page costs a page fault
+    (2.3 us per 4 KiB measured on the 2-core VM, ~0.6 ms per MB; a CNN step on a CPU took
+    1,000-6,000 of them and ran 1.2x faster without). Serving blocks up to 32 MiB (glibc's largest
+    setting) from the heap and never trimming it removes them; the process keeps its peak
+    memory. Process-wide, once; True when it took effect (not off glibc: macOS, musl)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+        return (mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) == 1
+                and mallopt(_M_TRIM_THRESHOLD, 2**30) == 1)
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def train_population(model: StackedModel, members: Sequence[Member], x: torch.Tensor,
                      y: torch.Tensor, shared: TrainConfig, progress: bool = False,
                      groups: Sequence[int] | None = None) -> PopulationOutcome:
@@ -323,6 +427,8 @@ def train_population(model: StackedModel, members: Sequence[Member], x: torch.Te
     """
     validate.integer("population size", len(members), lo=1)
     device = x.device
+    if device.type == "cpu":
+        retain_freed_memory()
     group = list(groups) if groups is not None else list(range(len(members)))
     racing_groups = len(set(group)) < len(group)
     race_epoch = max(1, round(shared.race_at * shared.epochs)) if racing_groups else 0

@@ -133,3 +133,16 @@ def test_unknown_cnn_names_the_parameter():
 
     with pytest.raises(ConfigError, match=r"^model must be one of 'A', 'B'"):
         CNNSpec("G")
+
+
+@pytest.mark.parametrize("model,floats", [("A", 4 * 32 * 32 + 8 * 16 * 16 + 16 * 8 * 8),
+                                          ("D", 2 * (4 * 32 * 32 + 8 * 16 * 16 + 16 * 8 * 8))])
+def test_conv_outputs_count_every_convolution_output(model, floats):
+    from capq_lib.models import CNNSpec, build_cnn
+
+    spec, seen = CNNSpec(model), []
+    net = build_cnn(spec)
+    for conv in net.convs:
+        conv.register_forward_hook(lambda m, i, out: seen.append(out[0].numel()))
+    net(torch.zeros(1, 1, 32, 32))
+    assert spec.conv_outputs == sum(seen) == floats

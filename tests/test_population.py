@@ -113,3 +113,84 @@ def test_restarts_are_checked_and_refused_for_one_net():
     # configs without a race keep the keys they had before races existed
     assert "restarts" not in TrainConfig().as_dict()
     assert TrainConfig(restarts=2).as_dict()["restarts"] == 2
+
+
+@pytest.mark.parametrize("model", ["A", "D"])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_stacked_cnn_is_each_member_alone(model, k, monkeypatch):
+    """Sub-stacks (pairs and a triple here), pairs packed block-diagonally, and evaluation in
+    slices compute each member's own CNN.forward, values and gradients."""
+    from torch import nn
+
+    from capq_lib import population
+    from capq_lib.population import stack_nets
+
+    monkeypatch.setattr(population, "CPU_CNN_SUBSTACK_BYTES", 1)  # sub-stacks of two
+    monkeypatch.setattr(population, "CPU_CNN_EVAL_SAMPLES", 3)
+    spec = CNNSpec(model)
+    nets = [build(spec, s) for s in range(k)]
+    torch.manual_seed(k)
+    for net in nets:  # a nonzero read-out and biases of both signs
+        nn.init.normal_(net.output.weight)
+        for conv in net.convs:
+            nn.init.normal_(conv.bias, std=0.1)
+    stack = stack_nets(spec, nets, torch.device("cpu"))
+    x = (torch.rand(k, 7, 1, 32, 32, generator=torch.Generator().manual_seed(k)) < 0.5).float()
+    got = stack.forward(x)
+    grads = torch.autograd.grad(got.square().sum(), stack.params)
+    with torch.no_grad():
+        # in slices of 3 samples: oneDNN's rounding depends on the batch size
+        torch.testing.assert_close(stack.forward(x), got, atol=1e-5, rtol=1e-5)
+    for m, net in enumerate(nets):
+        want = net(x[m])
+        torch.testing.assert_close(got[m], want, atol=1e-5, rtol=1e-5)
+        alone = torch.autograd.grad(want.square().sum(), list(net.parameters()))
+        for g, a in zip(grads, alone, strict=True):  # sums with cancellation: atol to scale
+            torch.testing.assert_close(g[m], a, atol=1e-5 * float(a.abs().max()), rtol=1e-4)
+
+
+def test_cnn_substacks_hold_every_member_and_no_lone_one():
+    from capq_lib.population import cnn_substack_size, cnn_substacks
+
+    for size in (2, 4):
+        for k in range(1, 12):
+            sizes = cnn_substacks(k, size)
+            assert sum(sizes) == k and (k == 1 or 1 not in sizes)
+            assert all(s == size for s in sizes[:-2]) and max(sizes) <= max(size, 3)
+    assert cnn_substacks(10, 2) == [2] * 5 and cnn_substacks(10, 4) == [4, 4, 2]
+    assert cnn_substacks(5, 4) == [2, 3]
+    # the quick book's batches: A in fours, D in pairs
+    assert cnn_substack_size(CNNSpec("A"), 69) == 4
+    assert cnn_substack_size(CNNSpec("D"), 174) == cnn_substack_size(CNNSpec("A"), 350) == 2
+
+
+def test_pair_block_diagonal_is_the_grouped_convolution():
+    from torch import nn
+
+    from capq_lib.population import pair_block_diagonal
+
+    w = torch.randn(4, 3, 2, 3, 3)  # 4 members, 3 outputs from 2 inputs each
+    x = torch.randn(5, 4 * 2, 6, 6)
+    grouped = nn.functional.conv2d(x, w.flatten(0, 1), padding=1, groups=4)
+    packed = nn.functional.conv2d(x, pair_block_diagonal(w), padding=1, groups=2)
+    torch.testing.assert_close(packed, grouped)
+    assert pair_block_diagonal(w).shape == (12, 4, 3, 3)
+
+
+def test_odd_cnn_populations_in_substacks_match_training_alone(monkeypatch):
+    """Five D members: a packed pair and a triple (sub-stacks of two). SGD: Adam's update
+    of a near-zero gradient is about +-lr whatever its rounding, so stacked and lone D nets
+    part by ~2e-4 within 3 epochs (the replaced engine did the same)."""
+    from capq_lib import population
+
+    monkeypatch.setattr(population, "CPU_CNN_SUBSTACK_BYTES", 1)
+    members = [Member(24 + 4 * m, 0.01, 0.9, 0.1, m, m) for m in range(5)]
+    assert_members_match_training_alone(
+        CNNSpec("D"), members, TrainConfig(epochs=3, eval_every=2, optimizer="sgd"))
+
+
+def test_retain_freed_memory_is_asked_once():
+    from capq_lib.population import retain_freed_memory
+
+    assert retain_freed_memory() in (True, False)
+    assert retain_freed_memory() == retain_freed_memory()
