@@ -28,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: files and folders of the book that are copied to the stage as they are
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 VENDOR = "_vendor"
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 @dataclass
@@ -152,6 +153,11 @@ def execute(src: Path, dst: Path, parameters: dict, timeout_s: int,
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
+    # glibc keeps the memory a training step frees for the next step instead of returning it
+    # and faulting fresh pages in again (population.retain_freed_memory, for every chapter's
+    # kernel from its start); a user's own setting wins
+    for var, value in MALLOC_ENV.items():
+        os.environ.setdefault(var, value)
     env_before = os.environ.get("CAPQ_BATCH")
     os.environ["CAPQ_BATCH"] = "1"
     try:
