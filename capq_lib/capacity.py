@@ -98,11 +98,16 @@ SPEC_COLUMNS = ("width", "depth", "params_conv", "params_fc", "units")
 SEARCH_STAGES = (1, 2, 3, 4)
 
 
+def _decay(trial: pd.Series) -> float:
+    """A trial's decay factor (stage-3 trials of a cosine schedule record none: 0.1)."""
+    decay = trial.get("decay_factor")
+    return float(decay) if decay is not None and decay == decay else 0.1
+
+
 def replicates_of(trials: pd.DataFrame, winner: pd.Series) -> pd.DataFrame:
     """The stage-5 trials of ``winner``'s model, N and recipe."""
-    decay = winner.get("decay_factor")
     tag = replicate_tag(int(winner.n_samples), float(winner.lr), float(winner.momentum),
-                        float(decay) if decay == decay and decay is not None else 0.1)
+                        _decay(winner))
     if "plan" not in trials:
         return trials.iloc[0:0]
     mine = trials[(trials.model == winner.model) & (trials.stage == 5)]
@@ -132,6 +137,7 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
                "n_at_max": top.n_at_max, "p_at_max": float(at.accuracy),
                "p_replicates": float(reps.accuracy.mean()) if len(reps) else float("nan"),
                "lr_at_max": float(at.lr), "momentum_at_max": float(at.momentum),
+               "decay_at_max": _decay(at),
                "n_swept": sorted(int(n) for n in c.n_samples),
                "n_grid_max": top.n_max, "p_at_n_grid_max": top.p_at_n_max,
                "bracketed": top.bracketed,
@@ -188,13 +194,16 @@ def measure_training_length(study: CapacityStudy, result: CapacityResult,
                             factors: tuple[float, ...], seeds: int, device: str = "auto",
                             cache: ResultsCache | None = None, progress: bool = True
                             ) -> pd.DataFrame:
-    """Capacity against training length: each model's winning recipe trained at the N that
-    bracket its peak with ``factor`` x the study's epochs, ``seeds`` seeds per N (the same
-    seeds, data and initializations at every length, so lengths compare pair by pair).
-    One cache record per model and factor; one row per trained net."""
+    """Capacity against training length: each model's winning recipe trained with
+    ``factor`` x the study's epochs at the N that bracket its peak, pair by pair with the
+    same data and initializations at every length. At the peak's N the nets are the
+    replicates' (so factor 1 is the replicates themselves, nothing retrained); at the
+    nearest N above with less information, ``seeds`` more nets (none: the peak's N alone,
+    the cheap design of a CPU profile). One cache record per model and factor; one row per
+    trained net."""
     for f in validate.non_empty("length_factors", factors):
         validate.number("length_factors", f, lo=0.0, hi=100.0, lo_open=True)
-    validate.integer("length_seeds", seeds, lo=1, hi=1000)
+    validate.integer("length_seeds", seeds, lo=0, hi=1000)
     cache = cache or ResultsCache()
     dev = resolve_device(device)
     specs = {s.name: s for s in study.specs()}
@@ -208,29 +217,40 @@ def measure_training_length(study: CapacityStudy, result: CapacityResult,
         epochs = max(1, round(factor * base.epochs))
         shared = TrainConfig(**{**base.as_dict(), "epochs": epochs,
                                 "restarts": base.restarts, "race_at": base.race_at})
+        winner = pd.Series({"model": spec.name, "n_samples": row["n_at_max"],
+                            "lr": row["lr_at_max"], "momentum": row["momentum_at_max"],
+                            "decay_factor": row["decay_at_max"]})
+        reps = replicates_of(result.trials, winner)
         ns = bracketing_n(result.curve[result.curve.model == spec.name], row["n_at_max"])
-        winner = {"lr": row["lr_at_max"], "momentum": row["momentum_at_max"]}
+        nets = [(ns[0], int(s)) for s in reps.seed] + [
+            (n, _length_seed(study.seed, spec.name, n, k)) for n in ns[1:] for k in range(seeds)]
+        base_row = {**spec_columns(spec), "factor": factor, "epochs": epochs,
+                    "base_epochs": base.epochs}
+        reused = [{**base_row, "n_samples": int(r.n_samples), "seed": int(r.seed),
+                   "accuracy": float(r.accuracy), "epochs_run": int(r.epochs_run),
+                   "mutual_info": float(r.mutual_info)} for r in reps.itertuples()
+                  ] if factor == 1.0 else []
+        train = nets[len(reused):]
         config = {"search": study.search_config(), "model": spec.name, "epochs": epochs,
-                  "n_samples": ns, "seeds": seeds, **winner}
+                  "nets": train, "lr": row["lr_at_max"], "momentum": row["momentum_at_max"],
+                  "decay_factor": row["decay_at_max"]}
 
-        def run(spec=spec, ns=ns, shared=shared, winner=winner, factor=factor,
-                base=base) -> dict:
-            seed_of = {(n, k): _length_seed(study.seed, spec.name, n, k)
-                       for n in ns for k in range(seeds)}
-            members = [Member(n, winner["lr"], winner["momentum"], 0.1, s, s)
-                       for (n, _), s in seed_of.items()]
+        def run(spec=spec, shared=shared, train=train, base_row=base_row,
+                row=row) -> dict:
+            members = [Member(n, row["lr_at_max"], row["momentum_at_max"],
+                              row["decay_at_max"], s, s) for n, s in train]
             out = train_members(spec, members, shared, dev)
             return {"profile": study.profile, "rows": [
-                {**spec_columns(spec), "factor": factor,
-                 "epochs": shared.epochs, "base_epochs": base.epochs, "n_samples": m.n_samples,
-                 "seed": m.data_seed, "accuracy": o.accuracy,
-                 "epochs_run": o.epochs_run,
+                {**base_row, "n_samples": m.n_samples, "seed": m.data_seed,
+                 "accuracy": o.accuracy, "epochs_run": o.epochs_run,
                  "mutual_info": float(mutual_information(m.n_samples, o.accuracy))}
                 for m, o in zip(members, out.members, strict=True)]}
 
         bar.set_postfix_str(f"{spec.name} x{factor:g}")
-        record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
-        rows += record["result"]["rows"]
+        rows += reused
+        if train:
+            record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
+            rows += record["result"]["rows"]
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
