@@ -146,3 +146,79 @@ def lm_evaluator(data: torch.Tensor, bptt: int = 35
         return total, correct, count
 
     return evaluate
+
+
+def basin_rise(surf: pd.DataFrame, within: float, metric: str = "loss") -> pd.DataFrame:
+    """How far each curve gets worse than at alpha = 0 within |alpha| <= ``within``: the
+    largest rise of the loss (or fall of the accuracy) there, per net, precision and split.
+    A flat basin rises little; a quantized net whose basin rises little loses little to a
+    rounding error of that relative size."""
+    validate.number("within", within, lo=0.0, lo_open=True)
+    validate.choice("metric", metric, ("loss", "accuracy"))
+    keys = [k for k in ("task", "model", "width", "split") if k in surf.columns]
+    sign = -1.0 if metric == "accuracy" else 1.0
+    near = surf[surf.alpha.abs() <= within + 1e-9]
+    out = []
+    for key, g in near.groupby(keys, sort=False):
+        at_zero = g.loc[g.alpha == 0, metric]
+        if at_zero.empty or len(g) < 2:
+            raise validate.ConfigError(f"within={within} holds no alpha but 0 on the grid "
+                                       f"of {dict(zip(keys, key, strict=True))}: widen it")
+        f0 = float(at_zero.iloc[0])
+        out.append({**dict(zip(keys, key, strict=True)), "at_zero": f0,
+                    "rise": float((sign * (g[metric] - f0)).max())})
+    return pd.DataFrame(out)
+
+
+def _compare(a: pd.Series, b: pd.Series, tolerance: float) -> tuple[int, int]:
+    """How many entries of ``a`` exceed ``b``, and how many fall below it, by more than
+    ``tolerance`` (relative to the larger); the rest count as equal."""
+    scale = np.maximum(a.abs(), b.abs())
+    return int((a - b > tolerance * scale).sum()), int((b - a > tolerance * scale).sum())
+
+
+def findings(surf: pd.DataFrame, within: float, coarse: str = "2 bits", fine: str = "float",
+             family: str = "nets", tolerance: float = 0.05) -> list[str]:
+    """What the loss curves show, as sentences computed from them: (1) whether the training
+    curves rise more than the test curves within |alpha| <= ``within`` (the training data
+    in the sharper basin, the paper's reading of why test performance survives quantization)
+    and (2) whether the ``coarse`` nets' curves rise less than the ``fine`` nets' (a flatter
+    basin) and sit higher at alpha = 0. Rises within ``tolerance`` (relative) of each other
+    count as equal (they are means over a few random directions). Each sentence says what
+    the numbers show, whichever way they go."""
+    validate.number("tolerance", tolerance, lo=0.0, hi=1.0)
+    rise = basin_rise(surf, within)
+    out = []
+    equal = f"the rest within {tolerance:.0%} of each other"
+    pairs = rise.pivot_table(index=["model", "width"], columns="split", values="rise",
+                             sort=False).dropna()
+    if {"train", "test"} <= set(pairs.columns) and len(pairs):
+        more, less = _compare(pairs.train, pairs.test, tolerance)
+        verdict = ("so the training data sit in the sharper basin, as the paper reads it"
+                   if more > less else
+                   "the opposite of the paper's reading: the test data sit in the sharper basin"
+                   if less > more else "no consistent difference between the two")
+        out.append(f"{family}, training against test data: within |alpha| <= {within:g} the "
+                   f"training loss rises more than the test loss in {more} of {len(pairs)} "
+                   f"(net, precision) pairs and less in {less} ({equal}; median rise "
+                   f"{pairs.train.median():.3g} on training data, {pairs.test.median():.3g} on "
+                   f"test data): {verdict}.")
+    if {coarse, fine} <= set(rise.width):
+        by = rise.pivot_table(index=["model", "split"], columns="width",
+                              values=["rise", "at_zero"], sort=False).dropna()
+        r_c, r_f = by[("rise", coarse)], by[("rise", fine)]
+        z_c, z_f = by[("at_zero", coarse)], by[("at_zero", fine)]
+        steeper, flatter = _compare(r_c, r_f, tolerance)
+        # at alpha = 0 no direction is drawn: any difference between the bottoms is measured
+        higher, lower = _compare(z_c, z_f, 0.0)
+        shape = ("flatter at " + coarse if flatter > steeper else
+                 f"steeper at {coarse}, not flatter" if steeper > flatter else
+                 f"neither flatter nor steeper at {coarse} overall")
+        out.append(f"{family}, {fine} against {coarse}: within |alpha| <= {within:g} the "
+                   f"curve at {coarse} rises less than the {fine} one in {flatter} of "
+                   f"{len(by)} (net, data split) pairs and more in {steeper} ({equal}; median "
+                   f"rise {r_f.median():.3g} in {fine}, {r_c.median():.3g} at {coarse}), so "
+                   f"the basin is {shape}; its bottom (the loss at alpha = 0) sits higher at "
+                   f"{coarse} in {higher} and lower in {lower} (median {z_f.median():.3g} in "
+                   f"{fine}, {z_c.median():.3g} at {coarse}).")
+    return out

@@ -21,13 +21,28 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ResultsCache:
     return ResultsCache(tmp_path / "results")
 
 
-#: the offline copy of the real datasets (MNIST test set, PTB valid/test) next to the project
-SHARED_DATA = Path(os.environ.get("CAPQ_TEST_DATA_DIR", ROOT.parent / "shared" / "data"))
+#: offline copies of the real datasets next to the project: the whole MNIST and PTB
+#: (``data-full``), or the partial one (``data``: MNIST test set, PTB valid/test)
+SHARED_FOLDERS = (ROOT.parent / "shared" / "data-full", ROOT.parent / "shared" / "data")
+
+
+def shared_data() -> Path:
+    """``$CAPQ_TEST_DATA_DIR`` if set, else the first offline copy that has MNIST."""
+    if os.environ.get("CAPQ_TEST_DATA_DIR"):
+        return Path(os.environ["CAPQ_TEST_DATA_DIR"])
+    for folder in SHARED_FOLDERS:
+        if (folder / "mnist").is_dir():
+            return folder
+    return SHARED_FOLDERS[-1]
+
+
+SHARED_DATA = shared_data()
 
 
 def offline_data() -> Path:
     """Real datasets for the book's real-task chapters: the offline copy when there is one,
-    else small files in the real formats (random digits and words) so the smoke book builds."""
+    else small files in the real formats (random digits and words; no MNIST training set
+    and no PTB training split, so the stand-ins are exercised) so the smoke book builds."""
     if (SHARED_DATA / "mnist").is_dir():
         return SHARED_DATA
     import gzip

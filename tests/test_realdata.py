@@ -2,31 +2,36 @@
 
 import gzip
 import hashlib
-import os
+import math
 import pickle
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from capq_lib import realdata
+from capq_lib import realdata, realtasks
 from capq_lib.realdata import DataError, Remote
 from capq_lib.surface import (
     SurfaceConfig,
+    basin_rise,
     classification_evaluator,
     filter_normalized_direction,
+    findings,
     lm_evaluator,
     loss_surface,
 )
 from capq_lib.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM, count_parameters
+from capq_lib.validate import ConfigError
 
-from .conftest import ROOT
+from .conftest import SHARED_DATA as SHARED
 
-SHARED = Path(os.environ.get("CAPQ_TEST_DATA_DIR", ROOT.parent / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(),
                                   reason=f"no offline dataset copy at {SHARED}")
+#: whether the offline copy is the whole one (MNIST training set, PTB training split)
+FULL = (SHARED / "mnist" / "train-images-idx3-ubyte.gz").exists()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -46,14 +51,18 @@ def test_idx_reader_round_trips_a_written_file(tmp_path):
 
 
 @needs_shared
-def test_mnist_test_set_from_the_offline_copy():
+def test_mnist_from_the_offline_copy():
     x, y = realdata.mnist("test", SHARED, online=False)
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     counts = torch.bincount(y, minlength=10)
     assert counts.sum() == 10000 and counts.min() > 800  # every digit, roughly balanced
-    with pytest.raises(DataError, match="downloads are off"):
-        realdata.mnist("train", SHARED, online=False)
+    if FULL:
+        x, y = realdata.mnist("train", SHARED, online=False)
+        assert x.shape == (60000, 1, 28, 28) and torch.bincount(y).min() > 5000
+    else:
+        with pytest.raises(DataError, match="downloads are off"):
+            realdata.mnist("train", SHARED, online=False)
 
 
 @needs_shared
@@ -67,6 +76,10 @@ def test_ptb_splits_vocabulary_and_batchify():
     batches = realdata.batchify(ids, 20)
     assert batches.shape == (73760 // 20, 20)
     assert torch.equal(batches[:, 1], ids[3688:2 * 3688])  # columns are contiguous text
+    if FULL:
+        train = realdata.ptb_tokens("train", SHARED, online=False)
+        assert len(train) == 929589
+        assert len(realdata.Vocabulary(train)) == len(realdata.Vocabulary(train, valid, test))
 
 
 def write_cifar(folder: Path, n: int = 6) -> None:
@@ -178,3 +191,114 @@ def test_batched_alphas_give_the_same_surface():
     assert len(one) == len(many) == 5
     assert (one.loss - many.loss).abs().max() < 1e-4
     assert (one.accuracy - many.accuracy).abs().max() < 1e-9
+
+
+def fake_datasets(root: Path, train_splits: bool = True) -> Path:
+    """Small MNIST and PTB files in the real formats; the MNIST training set and the PTB
+    training split only when ``train_splits``."""
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir(parents=True)
+    for stem, n in [("t10k", 50)] + ([("train", 120)] if train_splits else []):
+        write_idx(root / "mnist" / f"{stem}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / "mnist" / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    (root / "ptb").mkdir()
+    words = [f"w{i}" for i in range(30)]
+    for split in (["train"] if train_splits else []) + ["valid", "test"]:
+        lines = [" " + " ".join(rng.choice(words, 9)) + " " for _ in range(40)]
+        (root / "ptb" / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
+    files = [p for p in root.rglob("*") if p.is_file()]
+    (root / realdata.MANIFEST).write_text(
+        "".join(f"{realdata.md5(p)}  {p.relative_to(root)}\n" for p in files))
+    return root
+
+
+def test_image_data_trains_on_the_training_split_and_says_what_it_used(tmp_path):
+    root = fake_datasets(tmp_path)
+    d = realtasks.image_data("mnist", root, False, max_train=100, max_test=40)
+    assert d.source == ("Trained on the MNIST training set, first 100 of its 120 images; "
+                        "tested on the MNIST test set, first 40 of its 50 images; training "
+                        "performance measured on the first 40 of the 100 training images")
+    assert d.sizes() == {"train_items": 100, "test_items": 40, "train_eval_items": 40}
+    assert torch.equal(d.train_eval[0], d.train[0][:40])
+    # standardized with the training images' own mean and spread
+    assert abs(float(d.train[0].mean())) < 1e-5
+    assert float(d.train[0].std()) == pytest.approx(1, rel=1e-3)
+    c = realtasks.image_data("cifar", root, False, None, None)
+    assert c.train[0].shape == (120, 3, 32, 32) and c.test[0].shape == (50, 3, 32, 32)
+    assert c.source.startswith("CIFAR-10 is not available here; stand-in: MNIST digits")
+    assert "all 120 images" in c.source and "measured on" in c.source
+
+
+def test_image_data_without_the_training_split_splits_the_test_set(tmp_path):
+    root = fake_datasets(tmp_path, train_splits=False)
+    d = realtasks.image_data("mnist", root, False, None, None)
+    assert d.source.startswith("The MNIST training split is not available here: the 50 MNIST "
+                               "test images are split at random into 40 for training and 10 "
+                               "for testing. Trained on the training part, all 40 images; "
+                               "tested on the test part, all 10 images")
+    assert len(d.train[0]) + len(d.test[0]) == 50 and len(d.test[0]) == 10
+
+
+def test_unigram_perplexity_is_add_one_smoothed_word_frequencies():
+    # counts 2, 1, 0 over three words -> (3, 2, 1) / 6; targets 0 and 1
+    got = realtasks.unigram_perplexity(torch.tensor([0, 0, 1]), torch.tensor([0, 1]), 3)
+    assert got == pytest.approx(math.exp(-(math.log(3 / 6) + math.log(2 / 6)) / 2))
+
+
+def test_lm_data_trains_on_the_ptb_training_split_with_a_unigram_baseline(tmp_path):
+    root = fake_datasets(tmp_path)
+    d = realtasks.lm_data(root, False, batch=4, max_train=200, max_test=120)
+    assert d.source.startswith("Trained on the PTB training split, first 200 of its 400 tokens;"
+                               " tested on the PTB test split, first 120 of its 400 tokens")
+    assert d.train.shape == (50, 4) and d.test.shape == (30, 4) and d.train_eval.shape[0] == 30
+    want = realtasks.unigram_perplexity(d.train, d.test[1:], d.vocab)
+    assert d.unigram_perplexity == pytest.approx(want) and 1 < want < 2 * d.vocab
+    offline = realtasks.lm_data(fake_datasets(tmp_path / "partial", train_splits=False), False)
+    assert "PTB validation split (the training split is not available here)" in offline.source
+
+
+def curve(model: str, width: str, split: str, k: float, bottom: float) -> pd.DataFrame:
+    """A parabola f(alpha) = bottom + k alpha^2 as loss_surface would give it."""
+    alphas = np.linspace(-1, 1, 11)
+    return pd.DataFrame({"alpha": alphas, "loss": bottom + k * alphas ** 2,
+                         "accuracy": 1 - k * alphas ** 2, "model": model, "width": width,
+                         "split": split})
+
+
+def test_basin_rise_is_the_largest_rise_within_the_range():
+    rise = basin_rise(curve("a", "float", "train", 2.0, 0.1), 0.4)
+    assert rise.rise.iloc[0] == pytest.approx(2.0 * 0.16) and rise.at_zero.iloc[0] == 0.1
+    drop = basin_rise(curve("a", "float", "train", 2.0, 0.1), 0.4, "accuracy")
+    assert drop.rise.iloc[0] == pytest.approx(2.0 * 0.16)  # accuracy falls by as much
+    with pytest.raises(ConfigError, match="within=0.1 holds no alpha but 0"):
+        basin_rise(curve("a", "float", "train", 2.0, 0.1), 0.1)
+
+
+def test_findings_say_what_the_curves_show_either_way():
+    # the paper's picture: training data in the sharper basin; 2 bits flatter but higher
+    paper = pd.concat([curve(m, "float", "train", 2.0, 0.1) for m in "ab"]
+                      + [curve(m, "float", "test", 1.0, 0.3) for m in "ab"]
+                      + [curve(m, "2 bits", "train", 1.0, 0.5) for m in "ab"]
+                      + [curve(m, "2 bits", "test", 0.5, 0.6) for m in "ab"])
+    train_test, precision = findings(paper, 0.4, family="CNNs")
+    assert train_test.startswith("CNNs, training against test data: within |alpha| <= 0.4")
+    assert "in 4 of 4 (net, precision) pairs and less in 0" in train_test
+    assert train_test.endswith("as the paper reads it.")
+    assert "rises less than the float one in 4 of 4 (net, data split) pairs and more in 0" \
+        in precision
+    assert "so the basin is flatter at 2 bits;" in precision
+    assert "sits higher at 2 bits in 4 and lower in 0" in precision
+    # the opposite: test data in the sharper basin, 2 bits steeper and no higher
+    flip = paper.assign(split=paper.split.map({"train": "test", "test": "train"}),
+                        width=paper.width.map({"float": "2 bits", "2 bits": "float"}))
+    train_test, precision = findings(flip, 0.4)
+    assert "in 0 of 4 (net, precision) pairs and less in 4" in train_test
+    assert "the opposite of the paper's reading" in train_test
+    assert "steeper at 2 bits, not flatter" in precision
+    assert "higher at 2 bits in 0 and lower in 4" in precision
+    even = pd.concat([curve("a", w, s, 1.0, 0.2) for w in ("float", "2 bits")
+                      for s in ("train", "test")])
+    train_test, precision = findings(even, 0.4)
+    assert "no consistent difference" in train_test
+    assert "neither flatter nor steeper at 2 bits overall" in precision

@@ -2,7 +2,9 @@
 
 import json
 
+import pandas as pd
 import pytest
+import torch
 
 from capq_lib import realtasks
 from capq_lib.realtasks import RealTaskStudy, measure_real_tasks, rebuild, robustness
@@ -10,11 +12,17 @@ from capq_lib.surface import SurfaceConfig
 from capq_lib.validate import ConfigError
 
 from .conftest import run_capq
-from .test_realdata import SHARED, needs_shared
+from .test_realdata import FULL, SHARED, needs_shared
 
+#: real data, kept small: 400 training and 200 test images, 3,000 / 2,000 PTB tokens
 SMALL = dict(mnist_widths=[8], cifar_sizes=["tiny"], resnet_depths=[8], lm_units=[4],
-             bits=[8, 2], epochs={"mnist": 2, "cifar": 1, "resnet": 1, "lm": 1},
-             max_train=400, max_test=200, max_tokens=3000, profile="unit")
+             bits=[8, 2], epochs={"mnist": 3, "cifar": 1, "resnet": 1, "lm": 1},
+             retrain_epochs={"mnist": 0.5, "cifar": 0.5, "resnet": 0.5, "lm": 0.5},
+             lr={"mnist": 0.01, "cifar": 0.001, "resnet": 0.002, "lm": 0.01},
+             batch_size={"mnist": 32, "cifar": 64, "resnet": 64},
+             max_train={"mnist": 400, "cifar": 400, "resnet": 400, "lm": 3000},
+             max_test={"mnist": 200, "cifar": 200, "resnet": 200, "lm": 2000},
+             profile="unit")
 
 
 @needs_shared
@@ -25,12 +33,21 @@ def test_rows_cover_every_net_width_and_split_and_resume(cache, monkeypatch):
     assert set(rows.split) == {"train", "test"}
     assert set(rows.bits.dropna()) == {8, 2}
     lm = rows[rows.task == "lm"]
-    assert (lm.perplexity > 1).all() and "validation split as training data" in lm.data.iloc[0]
+    assert (lm.perplexity > 1).all()
+    assert ("Trained on the PTB training split, first 3,000 of its 929,589 tokens" if FULL else
+            "PTB validation split (the training split is not available here)") in lm.data.iloc[0]
+    assert (lm.unigram_perplexity > 1).all() and (lm.train_items == 3000).all()
     cifar = rows[rows.task == "cifar"]
     assert "stand-in" in cifar.data.iloc[0]
     mnist = rows[(rows.task == "mnist") & rows.bits.isna()]
-    assert "MNIST test set only" in mnist.data.iloc[0]
-    assert (mnist.accuracy > 0.2).all()  # above chance (0.1) after two short epochs
+    assert ("Trained on the MNIST training set, first 400 of its 60,000 images" if FULL else
+            "The MNIST training split is not available here") in mnist.data.iloc[0]
+    assert (mnist.train_items == 400).all() and (mnist.test_items == 200).all()
+    assert (mnist.epochs == 3).all() and mnist.unigram_perplexity.isna().all()
+    assert (mnist.accuracy > 0.3).all()  # above chance (0.1) after three short epochs
+    statement = realtasks.data_statement(rows)
+    assert "*MNIST FCDNNs* (2x8): " in statement and "; tested on the " in statement
+    assert "Each net trained for 3 epochs" in statement
     # the saved 2-bit weights have at most 3 levels per quantized tensor
     key = rows[rows.task == "mnist"].key.iloc[0]
     net = rebuild(realtasks.load_states(key, cache), "2")
@@ -68,11 +85,47 @@ def test_bad_settings_fail_early():
         RealTaskStudy(cifar_sizes=["huge"])
     with pytest.raises(ConfigError, match="bits must be an integer in"):
         RealTaskStudy(bits=[8, 40])
+    with pytest.raises(ConfigError, match="max_train task must be one of 'mnist'"):
+        RealTaskStudy(max_train={"imagenet": 5})
+    with pytest.raises(ConfigError, match=r"max_test\['lm'\] must be an integer >= 1"):
+        RealTaskStudy(max_test={"lm": 0})
+    with pytest.raises(ConfigError, match=r"epochs\['cifar'\] must be a number in \(0.0"):
+        RealTaskStudy(epochs={"cifar": 0})
+    with pytest.raises(ConfigError, match=r"batch_size\['mnist'\] must be an integer"):
+        RealTaskStudy(batch_size={"mnist": 0})
+
+
+def test_a_net_depends_only_on_its_own_tasks_settings():
+    base = RealTaskStudy(max_train={"mnist": 100}, batch_size={"cifar": 32})
+    other = RealTaskStudy(max_train={"mnist": 100, "lm": 5000}, lr={"lm": 0.5},
+                          batch_size={"cifar": 32, "lm": 10})
+    assert base.settings("mnist") == other.settings("mnist")  # the cached MNIST nets stay
+    assert base.settings("lm") != other.settings("lm")
+    assert other.settings("lm")["batch_size"] == 10 and base.settings("lm")["batch_size"] == 20
+    assert RealTaskStudy(max_train=50).settings("lm")["max_train"] == 50
+
+
+def test_fractional_epochs_take_that_share_of_the_steps():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.w(x)
+
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    realtasks.train_classifier(Counting(), (x, y), 0.5, 0.01, 16)
+    assert calls == [16, 16]  # half of the 4 batches of one epoch
+    calls.clear()
+    realtasks.train_classifier(Counting(), (x, y), 1.5, 0.01, 16)
+    assert len(calls) == 6
 
 
 def synthetic_rows():
-    import pandas as pd
-
     rows = []
     spec = {("mnist", "2x8", 6442): {"train": [0.95, 0.95, 0.94, 0.80], "test": [0.93, 0.93,
                                                                               0.93, 0.85]},
@@ -102,3 +155,28 @@ def test_real_task_scorecard_verdicts_follow_the_numbers():
     assert resnet["verdict"] == "differs" and resnet["we measured"].startswith("8 bits")
     larger = rows["larger nets are more robust"]
     assert larger["verdict"] == "agrees"  # 2x16 needs 2 bits on test, 2x8 needs 4
+
+
+def test_quality_and_reading_notes_say_what_the_rows_show():
+    rows = synthetic_rows()
+    lm = [{"task": "lm", "model": "2x32 LSTM", "params": 1000, "split": split, "bits": bits,
+           "retrained": bits is not None, "perplexity": ppl, "accuracy": 0.2, "loss": 5.0,
+           "unigram_perplexity": 700.0}
+          for split, curve in (("train", [300, 300, 310]), ("test", [350, 352, 400]))
+          for bits, ppl in zip([None, 8, 2], curve, strict=True)]
+    rows = pd.concat([rows, pd.DataFrame(lm)], ignore_index=True)
+    q = realtasks.quality(rows).set_index("model")
+    assert q.loc["2x32 LSTM", "test / unigram"] == pytest.approx(0.5)
+    assert q.loc["2x8", "float test"] == 0.93 and q.loc["2x8", "metric"] == "accuracy"
+    quality, memorized, retrained = realtasks.reading_notes(rows)
+    assert "MNIST FCDNNs reach float test accuracy 0.930 to 0.950" in quality
+    assert "test perplexity 350 against 700 for a unigram model" in quality
+    assert "(0.50 of it)" in quality
+    assert "MNIST FCDNNs +0.020" in memorized and "PTB word-level LMs +50 perplexity" in memorized
+    assert retrained.startswith("No net ends a retrained width more than 1% better")
+    # a retrained width that beats float (more training) is named
+    better = rows.copy()
+    better.loc[(better.model == "2x8") & (better.split == "train") & (better.bits == 8),
+               "accuracy"] = 0.99
+    note = realtasks.reading_notes(better)[-1]
+    assert "1 net/split pair(s)" in note and "2x8 (train, at 8 bits)" in note
