@@ -396,6 +396,135 @@ def _quant_operating_point(ev: Evidence) -> list[Finding]:
                     v.all_hold(k, len(near)))]
 
 
+# --- Real tasks ---------------------------------------------------------------------------
+
+#: a net is judged only when its float version is of useful quality (test set)
+MIN_TEST_ACCURACY = 0.9
+MAX_PERPLEXITY_OVER_UNIGRAM = 0.6
+REAL_TOLERANCE = 0.01  # "no loss": within 1 % (relative) of float
+REAL_PRECONDITION = (f"float test accuracy >= {MIN_TEST_ACCURACY} (classifiers), float test "
+                     f"perplexity <= {MAX_PERPLEXITY_OVER_UNIGRAM} x the unigram perplexity of "
+                     f"the same text (LMs)")
+REAL_FAMILY = {"mnist": "MNIST FCDNNs", "cifar": "CIFAR CNNs", "resnet": "ResNets",
+               "lm": "word-level LMs"}
+
+
+def useful(real: pd.DataFrame) -> pd.DataFrame:
+    """Per net: its float test quality and whether it meets the precondition."""
+    out = []
+    floats = real[real.bits.isna() & (real.split == "test")]
+    for (task, model), g in floats.groupby(["task", "model"], sort=False):
+        r = g.iloc[0]
+        if task == "lm":
+            base = r.get("unigram_perplexity", float("nan"))
+            ok = base == base and r.perplexity <= MAX_PERPLEXITY_OVER_UNIGRAM * base
+            quality = f"perplexity {r.perplexity:.0f} ({r.perplexity / base:.2f} x unigram)" \
+                if base == base else f"perplexity {r.perplexity:.0f} (no unigram baseline)"
+        else:
+            ok = r.accuracy >= MIN_TEST_ACCURACY
+            quality = f"accuracy {r.accuracy:.3f}"
+        out.append({"task": task, "model": model, "params": int(r.params), "useful": bool(ok),
+                    "quality": quality, "data": r.get("data", "")})
+    return pd.DataFrame(out, columns=["task", "model", "params", "useful", "quality", "data"])
+
+
+def fewest_bits(real: pd.DataFrame) -> pd.DataFrame:
+    """Per net and split: the fewest retrained bits within REAL_TOLERANCE of float (NaN when
+    even the widest lost), with the widest measured width."""
+    from .realtasks import robustness  # the real-task module pulls in the datasets' readers
+
+    parts = [robustness(real[real.task == "lm"], "perplexity", REAL_TOLERANCE),
+             robustness(real[real.task != "lm"], "accuracy", REAL_TOLERANCE)]
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
+        len(p) for p in parts) else pd.DataFrame(columns=["task", "model", "split",
+                                                          "fewest_bits"])
+    out["widest"] = int(real.bits.max()) if real.bits.notna().any() else 0
+    return out
+
+
+def _real_bits(r: pd.Series) -> Bits:
+    b = r.fewest_bits
+    return Bits(None if b is None or b != b else int(b), int(r.widest))
+
+
+def _judged(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The nets that meet the precondition, their fewest bits, and a note on the others."""
+    q = useful(ev.real)
+    bits = fewest_bits(ev.real)
+    keep = q[q.useful]
+    bits = bits.merge(keep[["task", "model"]], on=["task", "model"])
+    left = q[~q.useful]
+    note = ("" if left.empty else "; not judged (below the precondition): " + ", ".join(
+        f"{r.model} ({r.quality})" for r in left.itertuples()))
+    return keep, bits, note
+
+
+def _real_test_vs_train(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    wide = {(r.task, r.model): {} for r in bits.itertuples()}
+    for r in bits.itertuples():
+        wide[(r.task, r.model)][r.split] = _real_bits(pd.Series(r._asdict()))
+    pairs = [(k, d) for k, d in wide.items() if {"train", "test"} <= set(d)]
+    ok = [d["test"].at_least <= d["train"].at_least for _, d in pairs]
+    return [Finding(f"the test set needs no more bits than the training set in {sum(ok)} of "
+                    f"{len(ok)} nets{note}", v.all_hold(sum(ok), len(ok)))]
+
+
+def _real_larger(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    test = bits[bits.split == "test"]
+    parts, ok = [], []
+    for task, g in test.groupby("task", sort=False):
+        if len(g) < 2:
+            continue
+        g = g.sort_values("params")
+        need = [_real_bits(r).at_least for _, r in g.iterrows()]
+        ok.append(all(b >= a for a, b in zip(need[1:], need, strict=False)))
+        parts.append(f"{REAL_FAMILY.get(task, task)}: " + ", ".join(
+            f"{r.model} {_real_bits(r).text()}" for _, r in g.iterrows()))
+    return [Finding(f"test bits fall or stay as nets grow in {sum(ok)} of {len(ok)} families "
+                    f"({'; '.join(parts)}){note}", v.all_hold(sum(ok), len(ok)))]
+
+
+def _real_mnist8(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    keep, _, note = _judged(ev)
+    width = reference.value("real_tasks.mnist_fcdnn_4bit_matches_float_from_width")
+    name = f"2x{width}"
+    r = ev.real
+    m = r[(r.task == "mnist") & (r.model == name) & (r.split == "test")]
+    q4 = m[(m.bits == 4) & m.retrained]
+    if m.empty or q4.empty or m[m.bits.isna()].empty:
+        return []
+    if not ((keep.task == "mnist") & (keep.model == name)).any():
+        return [Finding(f"{name} not judged{note}", v.inconclusive("precondition not met"))]
+    f, a = float(m[m.bits.isna()].accuracy.iloc[0]), float(q4.accuracy.iloc[0])
+    ok = a >= f * (1 - REAL_TOLERANCE)
+    return [Finding(f"test accuracy {a:.4f} at 4 bits against {f:.4f} in float (one seed)",
+                    v.agrees() if ok else v.differs())]
+
+
+def _real_6bits(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    out = []
+    for task in ("resnet", "lm"):
+        t = bits[(bits.task == task) & (bits.split == "test")]
+        if t.empty:
+            continue
+        worst = max((_real_bits(r) for _, r in t.iterrows()), key=lambda b: b.at_least)
+        out.append(Finding(f"{worst.text()} bits, the most any needed ({', '.join(t.model)}; "
+                           f"within 1 % of float){note}", v.bits_at_most(worst, 6),
+                           REAL_FAMILY[task], "6 bits"))
+    return out
+
+
 CLAIMS: list[Claim] = [
     Claim("mi.eq1", "Mutual information",
           "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
@@ -470,6 +599,23 @@ CLAIMS: list[Claim] = [
           "keeps its accuracy at 6 bits", "quantization.fc_operating_point",
           f"fill-sweep FCDNNs (both recipes) whose float I/P lies within {FILL_BAND} of 2.3",
           "every one lossless at 6 bits", _quant_operating_point),
+    Claim("real.test_robust", "Real tasks", "the test set is more robust to quantization than "
+          "the training set", "real_tasks.test_more_robust_than_train",
+          "fewest retrained bits within 1 % of float on the test set and on the training set, "
+          "per net", "test needs no more bits than train in every net", _real_test_vs_train,
+          REAL_PRECONDITION),
+    Claim("real.larger_robust", "Real tasks", "larger nets are more robust",
+          "real_tasks.larger_nets_more_robust", "fewest test-set bits of the nets of one task, "
+          "smallest to largest", "never more bits for a larger net, in every task",
+          _real_larger, REAL_PRECONDITION),
+    Claim("real.mnist8", "Real tasks", "a 2-layer MNIST FCDNN of width 8 at 4 bits matches "
+          "float", "real_tasks.mnist_fcdnn_4bit_matches_float_from_width",
+          "test accuracy after progressive quantization to 4 bits with retraining",
+          "within 1 % of float", _real_mnist8, REAL_PRECONDITION),
+    Claim("real.6bits", "Real tasks", "{subject} keep their test performance at 6 bits",
+          "real_tasks.resnet_and_wlm_lossless_bits", "fewest retrained bits within 1 % of "
+          "float on the test set, the most any net of the task needed", "<= 6 bits",
+          _real_6bits, REAL_PRECONDITION),
 ]
 
 

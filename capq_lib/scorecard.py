@@ -21,16 +21,10 @@ from .capacity import (
     capacity_by_length,
     converged,
 )
-from .claims import COLUMNS, Evidence
+from .claims import Evidence
 from .info import conv_bits_per_parameter
 from .models import CNNSpec
 from .results import ResultsCache
-
-
-def _row(chapter: str, claim: str, paper: str, source: str, ours: str, ok: bool | None) -> dict:
-    verdict = "n/a" if ok is None else ("agrees" if ok else "differs")
-    return dict(zip([c for c in COLUMNS if c != "test"],
-                    [chapter, claim, paper, source, ours, verdict], strict=True))
 
 
 def _latest(records: list[dict], profile: str | None) -> pd.DataFrame:
@@ -225,51 +219,6 @@ def divergence_verdicts(table: pd.DataFrame, step_rule: str, base_epochs: int) -
     return lines
 
 
-def real_task_rows(rows: pd.DataFrame) -> list[dict]:
-    """The paper's real-task claims (Sec. 5.2) against our real-task measurements."""
-    if rows.empty:
-        return []
-    from .realtasks import robustness
-
-    out = []
-    acc = robustness(rows[rows.task != "lm"], "accuracy")
-    ppl = robustness(rows[rows.task == "lm"], "perplexity") if (rows.task == "lm").any() \
-        else acc.iloc[0:0]
-    rob = pd.concat([acc, ppl], ignore_index=True)
-    rob["bits"] = rob.fewest_bits.fillna(99)
-    wide = rob.pivot_table(index=["task", "model", "params"], columns="split", values="bits")
-    if {"train", "test"} <= set(wide.columns):
-        ok = wide.test <= wide.train
-        out.append(_row("Real tasks", "the test set is more robust to quantization than the "
-                        "training set", "yes", "Sec. 5.2, Fig. 5, 6",
-                        f"test needs no more bits than train in {int(ok.sum())} of {len(ok)} nets",
-                        bool(ok.all())))
-        mono = [bool(g.sort_values("params").test.is_monotonic_decreasing)
-                for _, g in wide.reset_index().groupby("task") if len(g) >= 2]
-        if mono:
-            out.append(_row("Real tasks", "larger nets are more robust", "yes",
-                            "Sec. 5.2, Fig. 6, 7", f"test bits fall or stay as nets grow in "
-                            f"{sum(mono)} of {len(mono)} families", all(mono)))
-    m8 = rows[(rows.task == "mnist") & (rows.model == "2x8") & (rows.split == "test")]
-    if len(m8) and (m8.bits == 4).any():
-        f, q = m8[m8.bits.isna()].accuracy.iloc[0], m8[(m8.bits == 4) & m8.retrained]
-        if len(q):
-            q4 = q.accuracy.iloc[0]
-            out.append(_row("Real tasks", "a 2-layer MNIST FCDNN of width 8 at 4 bits matches "
-                            "float", "yes", "Sec. 5.2, Fig. 7(a)",
-                            f"test accuracy {q4:.4f} vs float {f:.4f}", q4 >= f - 0.01))
-    for task, name in (("resnet", "ResNets"), ("lm", "word-level LMs")):
-        t = rob[(rob.task == task) & (rob.split == "test")]
-        if len(t):
-            lost = t.fewest_bits.isna().any()
-            worst = int(rows.bits.max()) if lost else int(t.fewest_bits.max())
-            out.append(_row("Real tasks", f"{name} keep their test performance down to",
-                            "6 bits", "Sec. 5.2, Fig. 7(b, c)",
-                            f"{'>' if lost else ''}{worst} bits ({', '.join(t.model)}; "
-                            f"within 1 % of float)", not lost and worst <= 6))
-    return out
-
-
 def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> Evidence:
     """Everything the claims judge, read from the cache (``profile`` None: every profile)."""
     cache = cache or ResultsCache()
@@ -281,9 +230,15 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
         cnn["converged"] = [done.get(m, {}).get("converged", True) for m in cnn.model]
     from .advise import measured  # advise -> precision -> scorecard: imported when used
 
+    real = [r for rec in cache.records("real-tasks")
+            if profile is None or rec["result"].get("profile") == profile
+            for r in rec["result"]["rows"]]
+    real = pd.DataFrame(real).drop_duplicates(["task", "model", "bits", "retrained", "split"],
+                                              keep="last") if real else pd.DataFrame()
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths,
-                    lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache))
+                    lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache),
+                    real=real)
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
@@ -296,16 +251,7 @@ def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> 
 
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """Every claim with results under ``profile``, from the cache."""
-    cache = cache or ResultsCache()
-    rows = claims.rows(evidence(profile, cache))
-    real = [{**r, "key": rec["key"]} for rec in cache.records("real-tasks")
-            if profile is None or rec["result"].get("profile") == profile
-            for r in rec["result"]["rows"]]
-    old = real_task_rows(pd.DataFrame(real).drop_duplicates(
-        ["task", "model", "bits", "retrained", "split"], keep="last") if real else
-        pd.DataFrame())
-    extra = pd.DataFrame(old, columns=[c for c in COLUMNS if c != "test"]).assign(test="")
-    return pd.concat([rows, extra[COLUMNS]], ignore_index=True)
+    return claims.rows(evidence(profile, cache))
 
 
 def bounds_text(summary: pd.DataFrame) -> str:

@@ -165,3 +165,23 @@ def test_the_fill_sweep_trend_and_the_papers_operating_point():
     # nets near 2.3 bits/param: 4 + 2.7 * 1.3 = 7.5 -> 8 bits, not 6
     assert verdict(Evidence("t", fill=fill_nets(2.7)), "quant.operating_point") == "differs"
     assert verdict(Evidence("t", fill=fill_nets(0.5)), "quant.operating_point") == "agrees"
+
+
+def lm_rows(test_float, unigram=700.0):
+    curve = {"train": [300, 301, 302, 330], "test": [test_float, test_float + 1,
+                                                     test_float + 2, test_float * 1.2]}
+    return pd.DataFrame([{"task": "lm", "model": "2x32 LSTM", "params": 1000, "split": split,
+                          "bits": bits, "retrained": bits is not None, "perplexity": ppl,
+                          "accuracy": 0.2, "unigram_perplexity": unigram}
+                         for split, ppls in curve.items()
+                         for bits, ppl in zip([None, 8, 6, 2], ppls, strict=True)])
+
+
+def test_a_language_model_is_judged_only_when_it_beats_a_unigram_model():
+    good = claims.by_key("real.6bits").rows(Evidence("t", real=lm_rows(350)))[0]
+    assert good["claim"] == "word-level LMs keep their test performance at 6 bits"
+    assert good["verdict"] == "agrees" and "precondition" in good["test"]
+    # perplexity 600 against a unigram 700 (0.86 of it): not a useful LM, nothing to judge
+    assert claims.by_key("real.6bits").rows(Evidence("t", real=lm_rows(600))) == []
+    robust = claims.by_key("real.test_robust").rows(Evidence("t", real=lm_rows(600)))[0]
+    assert robust["verdict"] == "inconclusive (no net meets the precondition)"

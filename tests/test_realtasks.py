@@ -142,19 +142,34 @@ def synthetic_rows():
     return pd.DataFrame(rows)
 
 
-def test_real_task_scorecard_verdicts_follow_the_numbers():
-    from capq_lib.scorecard import real_task_rows
+def test_real_task_claims_follow_the_numbers_and_the_precondition():
+    from capq_lib import claims
 
-    rows = {r["claim"]: r for r in real_task_rows(synthetic_rows())}
+    ev = claims.Evidence("t", real=synthetic_rows())
+    rows = {r["claim"]: r for r in claims.rows(ev, "Real tasks").to_dict("records")}
     test_vs_train = rows["the test set is more robust to quantization than the training set"]
-    assert test_vs_train["verdict"] == "agrees"  # test needs 4/2/8 bits, train 4/4/8
-    assert "3 of 3 nets" in test_vs_train["we measured"]
+    # ResNet-8 (test accuracy 0.88 < 0.9) is left out: test needs 4/2 bits, train 4/4
+    assert test_vs_train["verdict"] == "agrees"
+    assert "in 2 of 2 nets" in test_vs_train["we measured"]
+    assert "not judged (below the precondition): ResNet-8" in test_vs_train["we measured"]
     mnist8 = rows["a 2-layer MNIST FCDNN of width 8 at 4 bits matches float"]
     assert mnist8["verdict"] == "agrees" and "0.9300" in mnist8["we measured"]
-    resnet = rows["ResNets keep their test performance down to"]
-    assert resnet["verdict"] == "differs" and resnet["we measured"].startswith("8 bits")
+    assert "ResNets keep their test performance at 6 bits" not in rows  # none qualifies
     larger = rows["larger nets are more robust"]
     assert larger["verdict"] == "agrees"  # 2x16 needs 2 bits on test, 2x8 needs 4
+    # the same ResNet, trained well enough, is judged: it loses at 4 bits (needs 8)
+    good = synthetic_rows()
+    good.loc[good.model == "ResNet-8", "accuracy"] += 0.05
+    rows = {r["claim"]: r for r in claims.rows(claims.Evidence("t", real=good),
+                                               "Real tasks").to_dict("records")}
+    resnet = rows["ResNets keep their test performance at 6 bits"]
+    assert resnet["verdict"] == "differs" and resnet["we measured"].startswith("8 bits")
+    # a worse test than train flips the first claim
+    worse = synthetic_rows()
+    worse.loc[(worse.model == "2x16") & (worse.split == "test") & (worse.bits == 4),
+              "accuracy"] = 0.5
+    ev = claims.Evidence("t", real=worse)
+    assert claims.by_key("real.test_robust").rows(ev)[0]["verdict"] == "differs"
 
 
 def test_quality_and_reading_notes_say_what_the_rows_show():
