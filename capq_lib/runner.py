@@ -100,6 +100,30 @@ def chapter_needs(notebooks: list[Path], root: Path = PROJECT_ROOT) -> dict[str,
     return needs
 
 
+def chapter_costs(notebooks: list[Path], root: Path = PROJECT_ROOT) -> dict[str, float]:
+    """Each chapter's rough cost (``capq.cost`` in its metadata: minutes on one core under
+    the quick profile; 1 when unstated), used only to order what runs first."""
+    import nbformat
+
+    return {nb.stem: float(nbformat.read(root / nb, as_version=4).metadata.get("capq", {})
+                           .get("cost", 1.0)) for nb in notebooks}
+
+
+def critical_paths(needs: dict[str, set[str]], costs: dict[str, float]) -> dict[str, float]:
+    """Per chapter: its cost plus the longest chain of chapters that wait for it. Starting
+    the longest chains first keeps the chapter that others wait on (the CNN search before
+    quantization) off the end of the build."""
+    waiting_on = {c: {d for d, n in needs.items() if c in n} for c in needs}
+    memo: dict[str, float] = {}
+
+    def path(c: str) -> float:
+        if c not in memo:
+            memo[c] = costs.get(c, 1.0) + max((path(d) for d in waiting_on[c]), default=0.0)
+        return memo[c]
+
+    return {c: path(c) for c in needs}
+
+
 def vendor_assets(dest: Path) -> None:
     """Copy plotly.js (from the plotly package) and MathJax (jupyter-server-mathjax) to dest."""
     import jupyter_server_mathjax
@@ -212,10 +236,12 @@ def run_chapter(nb: Path, stage: Path, prof: profiles.Profile, device: str,
 
 
 def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
-                 prof: profiles.Profile, device: str, jobs: int) -> dict[str, NotebookRun]:
+                 prof: profiles.Profile, device: str, jobs: int,
+                 priority: dict[str, float] | None = None) -> dict[str, NotebookRun]:
     """Run chapters ``jobs`` at a time, each in its own process with an equal share of the
     CPU threads, starting a chapter once the chapters it reads from have finished (a
-    chapter whose input failed still runs, and says what is missing)."""
+    chapter whose input failed still runs, and says what is missing); of the chapters ready,
+    those with the highest ``priority`` (the longest chain behind them) start first."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -224,8 +250,9 @@ def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
     waiting, running, done = list(todo), {}, {}
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
-            ready = [nb for nb in waiting
-                     if not (needs.get(nb.stem, set()) & names) - set(done)]
+            ready = sorted((nb for nb in waiting
+                            if not (needs.get(nb.stem, set()) & names) - set(done)),
+                           key=lambda nb: -(priority or {}).get(nb.stem, 0.0))
             for nb in ready[:jobs - len(running)]:
                 # a chapter that starts alone (nothing else can run) gets every thread
                 threads = max(1, cpus // min(jobs, len(running) + len(ready)))
@@ -271,7 +298,9 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
         for nb in todo:
             runs[nb.stem] = run_chapter(nb, stage, prof, device)
     else:
-        runs.update(run_parallel(todo, chapter_needs(notebooks), stage, prof, device, jobs))
+        needs = chapter_needs(notebooks)
+        runs.update(run_parallel(todo, needs, stage, prof, device, jobs,
+                                 critical_paths(needs, chapter_costs(notebooks))))
     report.notebooks = [runs[nb.stem] for nb in execution_order(notebooks)]
     if not execute_only:
         start = time.perf_counter()

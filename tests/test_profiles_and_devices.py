@@ -97,3 +97,15 @@ def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypa
     assert conf["repository"]["url"] == "https://github.com/someone/capq"
     assert conf["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
     assert (tmp_path / "b" / "book" / "fcdnn-capacity.ipynb").is_file()
+
+
+def test_the_longest_chain_of_waiting_chapters_starts_first():
+    from capq_lib.runner import chapter_costs, chapter_needs, critical_paths, toc_notebooks
+
+    needs = {"intro": {"a", "b", "q"}, "a": set(), "b": set(), "q": {"a", "b"}}
+    paths = critical_paths(needs, {"a": 2, "b": 5, "q": 4, "intro": 0.5})
+    assert paths == {"b": 9.5, "a": 6.5, "q": 4.5, "intro": 0.5}
+    # the book: the CNN search, which quantization waits for, goes first
+    notebooks = toc_notebooks()
+    paths = critical_paths(chapter_needs(notebooks), chapter_costs(notebooks))
+    assert max(paths, key=paths.get) == "cnn-capacity"
