@@ -590,12 +590,14 @@ CLAIMS: list[Claim] = [
           "widest width counts as more bits, never as missing)",
           "per model, never fewer bits at a larger N/P, and strictly more at the largest than "
           "at the smallest", _quant_fewer_samples),
-    Claim("quant.fill", "Quantization", "the more a weight stores, the more bits it needs",
+    Claim("quant.fill", "Bits stored and bits needed", "the more a weight stores, the more "
+          "bits it needs",
           "quantization.bits_follow_capacity_per_parameter",
           "fill sweep: FCDNNs trained at N/P from 1 to 3, each net's float I/P against its own "
           "fewest lossless bits", f"slope's interval above 0 (agrees) or below "
           f"{FILL_LEAST_SLOPE} bits per bit per parameter (differs)", _quant_fill_trend),
-    Claim("quant.operating_point", "Quantization", "an FCDNN storing 2.3 bits per parameter "
+    Claim("quant.operating_point", "Bits stored and bits needed", "an FCDNN storing 2.3 bits "
+          "per parameter "
           "keeps its accuracy at 6 bits", "quantization.fc_operating_point",
           f"fill-sweep FCDNNs (both recipes) whose float I/P lies within {FILL_BAND} of 2.3",
           "every one lossless at 6 bits", _quant_operating_point),

@@ -184,7 +184,8 @@ class QuantizationStudy:
         for fam in FAMILIES:
             validate.integer(f"retrain_epochs[{fam!r}]", self.retrain_epochs.get(fam, 0),
                              lo=0, hi=100000)
-            self.recipe(fam)
+            if self.models(fam) or (fam == "fc" and self.fill_models):
+                self.recipe(fam)  # a family without nets needs no recipe
         Recipe(**self.paper_recipe_fc)
         validate.number("retrain_lr_factor", self.retrain_lr_factor, lo=0.0, hi=10.0,
                         lo_open=True)

@@ -10,7 +10,8 @@ import pytest
 from .conftest import ROOT, run_capq
 
 CHAPTERS = {"intro": 1, "mutual-information": 3, "fcdnn-capacity": 5, "cnn-capacity": 3,
-            "rnn-capacity": 2, "quantization": 6, "real-tasks": 5, "loss-surfaces": 3}
+            "rnn-capacity": 2, "quantization": 6, "bits-needed": 1, "real-tasks": 5,
+            "loss-surfaces": 3}
 
 
 def git_status() -> str:
@@ -74,7 +75,8 @@ def test_a_failing_notebook_shows_its_error_and_the_others_still_run(tmp_path):
     assert report == {"mutual-information": "ok", "fcdnn-capacity": "failed", "intro": "ok",
                       "cnn-capacity": "ok", "rnn-capacity": "ok",
                       # it quantizes nets at the capacity the failed chapter did not measure
-                      "quantization": "failed", "real-tasks": "ok", "loss-surfaces": "ok"}
+                      "quantization": "failed", "bits-needed": "ok", "real-tasks": "ok",
+                      "loss-surfaces": "ok"}
     executed = nbformat.read(tmp_path / "_build" / "stage" / "book" / "fcdnn-capacity.ipynb", 4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.output_type == "error"]
