@@ -16,7 +16,10 @@ import pandas as pd
 
 from . import validate
 from .precision import EXPERIMENT, FAMILIES, STUDY, fewest_lossless_bits
-from .results import ResultsCache
+from .results import ResultsCache, profile_matches
+
+#: how far in parameter count the advice reaches beyond the nets measured
+SIZE_REACH = 10
 
 
 @dataclass
@@ -45,7 +48,7 @@ def measured(profile: str | None = None, cache: ResultsCache | None = None,
     rows = []
     for record in (cache or ResultsCache()).records(EXPERIMENT):
         res = record["result"]
-        if profile is None or res.get("profile") == profile:
+        if profile_matches(res.get("profile"), profile):
             df = pd.DataFrame(res["rows"])
             if "study" in df:
                 df = df[df.study.fillna(STUDY) == STUDY]
@@ -67,13 +70,19 @@ def advise(family: str, params: int, samples: int, table: pd.DataFrame) -> Advic
     """Recommend a bit width for a ``family`` net of ``params`` weights holding ``samples``."""
     validate.choice("family", family, FAMILIES)
     params = validate.integer("params", params, lo=1)
-    samples = validate.integer("samples", samples, lo=0)
+    samples = validate.integer("samples", samples, lo=1)
     mine = table[table.family == family]
     if not len(mine):
         raise validate.ConfigError(
             f"no quantization measurements for family {family!r}: build the quantization "
             f"chapter first (capq build --only quantization), or pick one of "
             f"{sorted(set(table.family)) or 'none measured yet'}")
+    small, large = int(mine.params.min()), int(mine.params.max())
+    if not small / SIZE_REACH <= params <= large * SIZE_REACH:
+        raise validate.ConfigError(
+            f"params must be within {SIZE_REACH}x of the {family} nets measured ({small:,} to "
+            f"{large:,} parameters, so {math.ceil(small / SIZE_REACH):,} to "
+            f"{large * SIZE_REACH:,}); got {params:,}: we do not extrapolate further")
     ratio = samples / params
     top = float(mine.data_per_param.max())
     if ratio > top:

@@ -10,7 +10,7 @@ import sys
 
 from . import __version__, profiles
 from .devices import DEVICE_CHOICES
-from .results import ResultsCache
+from .results import ResultsCache, profile_matches
 from .validate import ConfigError
 
 #: experiment names ``capq results`` knows, and what each record is
@@ -42,17 +42,29 @@ EXPERIMENTS = {
 
 
 def result_rows(name: str, profile: str | None = None) -> list[dict]:
-    """The cached records of experiment ``name``, flattened, optionally of one profile."""
+    """The cached records of experiment ``name``, flattened, optionally of one profile (a
+    name takes every configuration of that name, ``NAME@DIGEST`` exactly one)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"NAME must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
-    rows = []
+    rows, labels = [], set()
     for record in ResultsCache().records(name):
         res = record["result"]
+        labels.add(str(res.get("profile")))
         # a record may hold many rows (a quantization unit: every seed and bit width)
         for r in res.get("rows", [res]):
             row = {**r, "profile": res.get("profile"), "provenance": record["provenance"]}
-            if profile is None or row.get("profile") == profile:
+            if profile_matches(row.get("profile"), profile):
                 rows.append(row)
+    if profile is not None:
+        mine = sorted({str(r["profile"]) for r in rows})
+        if not rows and profile.split("@")[0] not in profiles.available():
+            raise ConfigError(f"--profile {profile!r} matches no records of {name} and no "
+                              f"profile; profiles: {', '.join(profiles.available())}; with "
+                              f"records: {', '.join(sorted(labels)) or 'none yet'}")
+        if len(mine) > 1:
+            print(f"capq: note: records of {len(mine)} configurations of profile {profile!r} "
+                  f"({', '.join(mine)}); pass one of them as --profile to see one",
+                  file=sys.stderr)
     return rows
 
 
@@ -83,11 +95,28 @@ def sweep(args: argparse.Namespace) -> int:
     if args.population is not None:
         params["population"] = args.population
     study = STUDIES[args.experiment].from_parameters(
-        **params, profile=profiles.load(args.profile).name)
+        **params, profile=profiles.load(args.profile).identity)
     report = run_worker(study, args.device, args.storage)
     print(f"capq sweep: {report.trials_run} trials run by this worker in "
           f"{report.wall_time_s:.1f} s; every budget of {args.experiment} "
           f"(profile {study.profile}) is met")
+    return 0
+
+
+def params_command(args: argparse.Namespace) -> int:
+    """A chapter's parameters under a profile, as flat YAML for ``papermill -f``."""
+    import yaml
+
+    prof = profiles.load(args.profile)
+    from .runner import toc_notebooks
+
+    chapters = sorted(nb.stem for nb in toc_notebooks())
+    if args.chapter not in chapters:
+        raise ConfigError(f"CHAPTER must be one of {', '.join(chapters)}; got {args.chapter!r}")
+    params = {**prof.chapters.get(args.chapter, {}), "profile": prof.identity}
+    print(f"# {args.chapter} under profile {prof.name}; papermill -f this file "
+          f"(records are labelled {prof.identity}: label changed values apart with -p profile)")
+    print(yaml.safe_dump(params, sort_keys=False, default_flow_style=None), end="")
     return 0
 
 
@@ -140,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default=None, help="only records made under this profile")
     r.add_argument("--format", choices=("json", "csv"), default="json")
 
+    pp = sub.add_parser("params", help="a chapter's parameters under a profile, as YAML for "
+                                       "papermill -f")
+    pp.add_argument("chapter", metavar="CHAPTER", help="a chapter of the book (notebook stem)")
+    pp.add_argument("--profile", default="quick",
+                    help=f"one of {', '.join(profiles.available())} or a path to a .yaml file")
+
     a = sub.add_parser("advise", help="recommend bits per weight from measured quantization")
     a.add_argument("--family", required=True, help="fc, cnn or rnn")
     a.add_argument("--params", required=True, type=int, help="the net's parameter count P")
@@ -167,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             return sweep(args)
         if args.command == "advise":
             return advise_command(args)
+        if args.command == "params":
+            return params_command(args)
         print(format_rows(result_rows(args.name, args.profile), args.format), end="\n")
         return 0
     except ConfigError as err:

@@ -40,7 +40,7 @@ from .precision import (
 )
 from .progress import bar as progress_bar
 from .quantize import QuantConfig
-from .results import ResultsCache
+from .results import ResultsCache, profile_matches
 from .train import TrainConfig
 
 STUDY = "fill"
@@ -314,8 +314,7 @@ def cached_nets(profile: str | None = None, cache: ResultsCache | None = None,
     parts = []
     for record in (cache or ResultsCache()).records(EXPERIMENT):
         res, config = record["result"], record["config"]
-        if config.get("sweep") != STUDY or (profile is not None and
-                                            res.get("profile") != profile):
+        if config.get("sweep") != STUDY or not profile_matches(res.get("profile"), profile):
             continue
         tol = config["study"]["lossless_tolerance"] if tolerance is None else tolerance
         parts.append(per_net(pd.DataFrame(res["rows"]), tol).assign(profile=res.get("profile")))

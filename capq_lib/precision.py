@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,7 +40,7 @@ from .population import (
 )
 from .progress import bar as progress_bar
 from .quantize import DEFAULT_SCHEDULE, STEP_RULES, QuantConfig, check_bits
-from .results import ResultsCache, config_key
+from .results import ResultsCache
 from .train import OPTIMIZERS, SCHEDULES, TrainConfig
 
 FAMILIES = ("fc", "cnn", "rnn")
@@ -456,10 +454,6 @@ def unit_config(study: QuantizationStudy, unit: Unit, n_samples: int) -> dict[st
     return config
 
 
-def nets_dir(cache: ResultsCache) -> Path:
-    return cache.root / "nets"
-
-
 def measure_quantization(study: QuantizationStudy, device: str = "auto",
                          cache: ResultsCache | None = None, progress: bool = True
                          ) -> pd.DataFrame:
@@ -474,18 +468,14 @@ def measure_quantization(study: QuantizationStudy, device: str = "auto",
     for unit, point, n in zip(units, points, sizes, strict=True):
         lr = point.lr
         config = {**unit_config(study, unit, n), "lr": lr}
-        path = nets_dir(cache) / f"{config_key(EXPERIMENT, config)}.pt"
 
-        def compute(unit: Unit = unit, n: int = n, path: Path = path, lr: float | None = lr,
-                    point: CapacityPoint = point) -> dict[str, Any]:
+        def compute(unit: Unit = unit, n: int = n, lr: float | None = lr,
+                    point: CapacityPoint = point) -> tuple[dict[str, Any], Any]:
             records, nets = run_unit(study, unit, n, dev, lr, point)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(nets, tmp)  # the nets land before the record that points at them
-            os.replace(tmp, path)
-            return {"profile": study.profile, "rows": records}
+            return {"profile": study.profile, "rows": records}, nets
 
-        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev))
+        # the nets are part of the record: saved before it, and a record without them a miss
+        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True)
         # the labels come from the unit (records cached before labels existed lack them)
         rows += [{**r, **labels(unit, point), "profile": study.profile, "key": record["key"]}
                  for r in record["result"]["rows"]]
@@ -498,10 +488,10 @@ def load_nets(key: str, cache: ResultsCache | None = None) -> tuple[ModelSpec, l
                                                                     dict[str, Any]]:
     """A unit's float nets, as the explorer needs them."""
     cache = cache or ResultsCache()
-    path = nets_dir(cache) / f"{key}.pt"
-    if not path.exists():
-        raise validate.ConfigError(f"no saved nets for unit {key}: rerun the chapter")
-    saved = torch.load(path, weights_only=True)
+    try:
+        saved = cache.load_artifact(EXPERIMENT, key, "rerun the quantization chapter")
+    except (FileNotFoundError, ValueError) as err:
+        raise validate.ConfigError(str(err)) from None
     spec = parse_model(saved["family"], saved["model"])
     nets = []
     for sd in saved["state_dicts"]:

@@ -9,10 +9,15 @@ A profile file looks like::
         widths: [16, 32]      # a name from that notebook's `parameters` cell
 
 Every chapter and parameter name is checked against the notebooks before anything runs.
+A profile is known by its content, not its file name: its identity ``NAME@DIGEST`` (a hash of
+its parameters) labels every record made with it, so records of two different files named
+``smoke.yaml``, or of a profile before and after an edit, never mix in one figure.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +40,20 @@ class Profile:
     chapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def digest(self) -> str:
+        """A hash of the parameters (what decides the results; not the description)."""
+        blob = json.dumps(self.chapters, sort_keys=True, default=repr)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def identity(self) -> str:
+        """``NAME@DIGEST``: the label of every record made under this profile."""
+        return f"{self.name}@{self.digest}"
+
     def parameters(self, chapter: str, device: str) -> dict[str, Any]:
         """What papermill injects into ``chapter``: the profile's values plus profile/device."""
-        return {**self.chapters.get(chapter, {}), "profile": self.name, "device": device}
+        return {**self.chapters.get(chapter, {}), "profile": self.identity, "device": device}
 
 
 def available() -> list[str]:
@@ -56,6 +72,9 @@ def load(name_or_path: str) -> Profile:
         raise ConfigError(f"profile file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"profile file {path} is not text (UTF-8 YAML); is it the right "
+                          f"file?") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"profile file {path} is not valid YAML: {err}") from err
     where = f"profile file {path}"

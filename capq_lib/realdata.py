@@ -3,8 +3,12 @@
 Files live under ``$CAPQ_DATA_DIR`` (else ``data/`` in the project) in their original formats:
 ``mnist/*-idx?-ubyte.gz``, ``cifar10/cifar-10-python.tar.gz`` (or its extracted
 ``cifar-10-batches-py/``), ``ptb/ptb.{train,valid,test}.txt``. A missing file is downloaded
-when the machine is online; every file is checked against its MD5 before use, and a download
-that fails its checksum is deleted (nothing partial is ever left under the data folder).
+when the machine is online; every file is checked against its MD5 before it is parsed (the
+extracted CIFAR batches too, by their own digests), and a download that fails its checksum is
+deleted (nothing partial is ever left under the data folder). The digests come from this
+module; further ones only from a checksum file the user names in ``$CAPQ_TRUSTED_CHECKSUMS``
+(a file inside the data folder cannot bless the files beside it). CIFAR's pickled batches are
+also unpickled with an unpickler that builds only NumPy arrays and plain containers.
 The readers parse the formats themselves (IDX, CIFAR's pickled batches, PTB text), so the
 same code reads downloaded files, a local copy, and the small files the tests write.
 """
@@ -98,20 +102,57 @@ def download(url: str, dest: Path, digests: Sequence[str]) -> Path:
     return dest
 
 
-#: a local folder may declare further accepted digests ("<md5>  <path>" lines), e.g. for a
-#: private mirror with re-encoded files or for test fixtures in the real formats
-MANIFEST = "capq-checksums.txt"
+#: digests of the files inside CIFAR-10's archive, from the dataset's own release (the same
+#: values torchvision checks)
+CIFAR_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR_DIR = "cifar10/cifar-10-batches-py"
+#: the environment variable naming a checksum file (``<md5>  <path under the data folder>``
+#: per line) whose digests are accepted besides this module's: a private mirror with
+#: re-encoded files, or test fixtures in the real formats. Only the user can set it.
+TRUSTED_ENV = "CAPQ_TRUSTED_CHECKSUMS"
 
 
-def declared(root: Path) -> dict[str, set[str]]:
+def trusted(path: Path | str | None = None) -> dict[str, set[str]]:
+    """Extra accepted digests per file, from the checksum file ``path`` (default:
+    ``$CAPQ_TRUSTED_CHECKSUMS``; none when unset)."""
+    path = path or os.environ.get(TRUSTED_ENV)
+    if not path:
+        return {}
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{TRUSTED_ENV}={str(path)!r} cannot be read as a checksum file: "
+                        f"{err}") from None
     out: dict[str, set[str]] = {}
-    manifest = root / MANIFEST
-    if manifest.exists():
-        for line in manifest.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                digest, rel = line.split(maxsplit=1)
-                out.setdefault(rel.strip(), set()).add(digest.lower())
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        digest = parts[0].lower()
+        if len(parts) != 2 or len(digest) != 32 or any(c not in "0123456789abcdef"
+                                                       for c in digest):
+            raise DataError(f"{path}, line {number}: expected '<32 hex digits MD5>  "
+                            f"<path under the data folder>'; got {line.strip()!r}")
+        out.setdefault(parts[1].strip().lstrip("*"), set()).add(digest)
     return out
+
+
+def verify(path: Path, name: str, digests: Sequence[str]) -> Path:
+    """``path`` when its MD5 is one of ``digests`` or trusted for ``name``; else a clear error."""
+    got = md5(path)
+    if got not in digests and got not in trusted().get(name, set()):
+        raise DataError(f"{path} fails its checksum (MD5 {got}, expected one of "
+                        f"{', '.join(digests)}): it was not read; delete it to download it "
+                        f"again, or name a checksum file in ${TRUSTED_ENV} that lists it")
+    return path
 
 
 def fetch(name: str, root: Path | None = None, online: bool = True) -> Path:
@@ -121,11 +162,7 @@ def fetch(name: str, root: Path | None = None, online: bool = True) -> Path:
     root = root or data_dir()
     path = root / name
     if path.exists():
-        got = md5(path)
-        if got not in remote.md5 and got not in declared(root).get(name, set()):
-            raise DataError(f"{path} fails its checksum (MD5 {got}, expected one of "
-                            f"{', '.join(remote.md5)}): delete it to download it again")
-        return path
+        return verify(path, name, remote.md5)
     if not online:
         raise DataError(f"{path} is missing and downloads are off; put the file there or "
                         f"point CAPQ_DATA_DIR at a folder that has it")
@@ -177,7 +214,7 @@ CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["te
 def cifar_folder(root: Path | None = None, online: bool = True) -> Path:
     """``cifar10/cifar-10-batches-py``, extracted from the verified archive when needed."""
     root = root or data_dir()
-    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder = root / CIFAR_DIR
     if folder.is_dir():
         return folder
     archive = fetch("cifar10/cifar-10-python.tar.gz", root, online)
@@ -187,12 +224,33 @@ def cifar_folder(root: Path | None = None, online: bool = True) -> Path:
     return folder
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Builds NumPy arrays, dicts, lists, strings and numbers, and nothing else: a pickle
+    that asks for any other callable is refused instead of run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                                                           "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to build {module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled CIFAR batch: (N, 3, 32, 32) uint8 images and their labels."""
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    """One pickled CIFAR batch, verified by its digest first: (N, 3, 32, 32) uint8 images
+    and their labels."""
+    verify(path, f"{CIFAR_DIR}/{path.name}",
+           (CIFAR_BATCH_MD5[path.name],) if path.name in CIFAR_BATCH_MD5 else ())
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArraysOnly(fh, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as err:
+        raise DataError(f"{path} is not a CIFAR-10 batch: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(f"{path} is not a CIFAR-10 batch (data {data.shape})")
     return data.reshape(-1, 3, 32, 32), labels

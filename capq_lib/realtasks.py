@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -32,7 +31,7 @@ from .devices import describe, resolve_device
 from .population import retain_freed_memory
 from .progress import bar as progress_bar
 from .quantize import QuantConfig, check_bits, fake_quantize, quantized_names, step_size
-from .results import ResultsCache, config_key
+from .results import ResultsCache, profile_matches
 from .surface import SurfaceConfig, classification_evaluator, lm_evaluator, loss_surface
 from .taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM, count_parameters
 
@@ -553,17 +552,14 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
             datasets[which] = task_data(task, settings, root)
         data = datasets[which]
         config = {"study": settings, "task": task, "size": size, "data": data.source}
-        path = cache.root / "nets" / f"{config_key(EXPERIMENT, config)}.pt"
 
-        def compute(task=task, size=size, data=data, path=path) -> dict[str, Any]:
+        def compute(task=task, size=size, data=data) -> tuple[dict[str, Any], Any]:
             out, states = run_unit(study, task, size, data, dev)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(states, tmp)
-            os.replace(tmp, path)
-            return {"profile": study.profile, "rows": out}
+            return {"profile": study.profile, "rows": out}, states
 
-        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev))
+        # the net is part of its record: a lost .pt makes the record a miss, so it is
+        # trained (and saved) again instead of orphaning the loss-surface chapter
+        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True)
         rows += [{**r, "key": record["key"]} for r in record["result"]["rows"]]
         bar.update(1)
     bar.close()
@@ -571,10 +567,11 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
 
 
 def load_states(key: str, cache: ResultsCache | None = None) -> dict[str, Any]:
-    path = (cache or ResultsCache()).root / "nets" / f"{key}.pt"
-    if not path.exists():
-        raise validate.ConfigError(f"no saved nets for {key}: build the real-tasks chapter")
-    return torch.load(path, weights_only=True)
+    try:
+        return (cache or ResultsCache()).load_artifact(
+            EXPERIMENT, key, "build the real-tasks chapter again (it retrains the lost net)")
+    except (FileNotFoundError, ValueError) as err:
+        raise validate.ConfigError(str(err)) from None
 
 
 def rebuild(saved: dict[str, Any], which: str) -> nn.Module:
@@ -735,7 +732,7 @@ def trained(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFr
     the settings that rebuild its data."""
     out = {}
     for r in (cache or ResultsCache()).records(EXPERIMENT):
-        if profile is None or r["result"].get("profile") == profile:
+        if profile_matches(r["result"].get("profile"), profile):
             c = r["config"]
             out[(c["task"], str(c["size"]))] = {
                 "task": c["task"], "size": c["size"], "model": model_name(c["task"], c["size"]),

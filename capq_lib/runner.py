@@ -22,6 +22,7 @@ import yaml
 
 from . import profiles, validate
 from .devices import resolve_device
+from .results import ResultsCache
 from .validate import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ class NotebookRun:
 class BuildReport:
     profile: str
     device: str
+    profile_identity: str
     html_index: str
     notebooks: list[NotebookRun] = field(default_factory=list)
     book_seconds: float = 0.0
@@ -74,11 +76,32 @@ def toc_notebooks(root: Path = PROJECT_ROOT) -> list[Path]:
             .is_file()]
 
 
-def notebook_parameters(path: Path) -> set[str]:
-    """Names defined in the notebook's cell tagged ``parameters``."""
+def notebook_defaults(path: Path) -> dict[str, object]:
+    """Names and default values of the notebook's cell tagged ``parameters``."""
     import papermill
 
-    return set(papermill.inspect_notebook(str(path)))
+    from .chapters import defaults
+
+    return defaults(papermill.inspect_notebook(str(path)))
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    """Names defined in the notebook's cell tagged ``parameters``."""
+    return set(notebook_defaults(path))
+
+
+def check_values(prof: profiles.Profile, chapters: dict[str, Path], device: str) -> None:
+    """Build every chapter's configuration from the profile over the notebook's defaults,
+    so that a bad value stops the build before any notebook runs."""
+    from .chapters import CONFIGURE, configure
+
+    for chapter, nb in chapters.items():
+        if chapter in CONFIGURE:
+            ns = {**notebook_defaults(PROJECT_ROOT / nb), **prof.parameters(chapter, device)}
+            try:
+                configure(chapter, ns)
+            except ConfigError as err:
+                raise ConfigError(f"profile {prof.name} ({prof.path}): {err}") from None
 
 
 def execution_order(notebooks: list[Path]) -> list[Path]:
@@ -196,8 +219,37 @@ def execute(src: Path, dst: Path, parameters: dict, timeout_s: int,
             os.environ["CAPQ_BATCH"] = env_before
 
 
-def tidy_parameters(path: Path, profile: profiles.Profile) -> None:
-    """In the executed copy, hide the defaults cell and label the injected one.
+def _scrub(value: object, paths: list[tuple[str, str]]) -> object:
+    """``value`` with every absolute path in ``paths`` replaced by its stand-in."""
+    if isinstance(value, str):
+        for path, stand_in in paths:
+            value = value.replace(path, stand_in)
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, paths) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v, paths) for k, v in value.items()}
+    return value
+
+
+def machine_paths(stage: Path) -> list[tuple[str, str]]:
+    """Paths of this machine that may appear in an executed notebook, longest first, with
+    what a published page says instead."""
+    out = stage.parent.parent
+    found = {str(stage.resolve()): ".", str(stage): ".", str(out.resolve()): "<output>",
+             str(out): "<output>", str(PROJECT_ROOT): "<project>", sys.prefix: "<python>",
+             sys.base_prefix: "<python>", str(Path.home()): "~"}
+    for var in ("CAPQ_RESULTS_DIR", "CAPQ_DATA_DIR", "TMPDIR"):
+        if os.environ.get(var):
+            found[os.environ[var]] = f"${var}"
+    return sorted(((p, s) for p, s in found.items() if len(p) > 1),
+                  key=lambda ps: -len(ps[0]))
+
+
+def tidy_parameters(path: Path, profile: profiles.Profile, stage: Path | None = None) -> None:
+    """In the executed copy, hide the defaults cell and label the injected one, and take out
+    every absolute path of the building machine (papermill's input and output paths,
+    paths in warnings), so a published notebook says nothing about where it was built.
 
     Readers of the page then see the parameters the page was computed with, once.
     """
@@ -211,6 +263,17 @@ def tidy_parameters(path: Path, profile: profiles.Profile) -> None:
         elif "injected-parameters" in tags:
             cell.source = cell.source.replace(
                 "# Parameters", f"# Parameters of this page (profile {profile.name!r})", 1)
+    if stage is not None:
+        rel = str(path.relative_to(stage)) if path.is_relative_to(stage) else path.name
+        meta = nb.metadata.get("papermill", {})
+        for key in ("input_path", "output_path"):
+            if key in meta:
+                meta[key] = rel
+        paths = machine_paths(stage)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = nbformat.from_dict(_scrub(cell.get("outputs", []), paths))
+        nb.metadata = nbformat.from_dict(_scrub(dict(nb.metadata), paths))
     nbformat.write(nb, path)
 
 
@@ -223,13 +286,13 @@ def run_chapter(nb: Path, stage: Path, prof: profiles.Profile, device: str,
     try:
         execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s,
                 threads)
-        tidy_parameters(stage / nb, prof)
+        tidy_parameters(stage / nb, prof, stage)
         run = NotebookRun(chapter, "ok", time.perf_counter() - start)
     except Exception as err:  # the notebook keeps its traceback; go on with the others
         run = NotebookRun(chapter, "failed", time.perf_counter() - start,
                           f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
         if (stage / nb).is_file():
-            tidy_parameters(stage / nb, prof)
+            tidy_parameters(stage / nb, prof, stage)
     run.started, run.finished = started, time.time()
     print(f"[capq] {chapter}: {run.status} in {run.seconds:.1f} s", flush=True)
     return run
@@ -284,6 +347,12 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
         if missing:
             raise ConfigError(f"notebook {nb} lacks parameter(s) {sorted(missing)} in its "
                               f"cell tagged 'parameters'")
+    check_values(prof, chapters, device)
+    others = ResultsCache().other_configurations(prof.identity)
+    if others:
+        print(f"[capq] note: the cache also holds records of other configurations of profile "
+              f"{prof.name} ({', '.join(others)}); these pages use only {prof.identity}'s",
+              flush=True)
     if only:
         unknown = [c for c in only if c not in chapters]
         if unknown:
@@ -291,7 +360,8 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
                               f"got {', '.join(unknown)}")
     validate.integer("jobs", jobs, lo=1, hi=64)
     stage_sources(stage)
-    report = BuildReport(prof.name, device, str(out / "_build" / "html" / "index.html"))
+    report = BuildReport(prof.name, device, prof.identity,
+                         str(out / "_build" / "html" / "index.html"))
     todo = [nb for nb in execution_order(notebooks) if not only or nb.stem in only]
     runs = {nb.stem: NotebookRun(nb.stem, "skipped", 0.0) for nb in notebooks}
     if jobs == 1:

@@ -24,12 +24,11 @@ from .capacity import (
 from .claims import Evidence
 from .info import conv_bits_per_parameter
 from .models import CNNSpec
-from .results import ResultsCache
+from .results import ResultsCache, profile_matches
 
 
 def _latest(records: list[dict], profile: str | None) -> pd.DataFrame:
-    rows = [r["result"] for r in records if profile is None or r["result"].get("profile") ==
-            profile]
+    rows = [r["result"] for r in records if profile_matches(r["result"].get("profile"), profile)]
     return pd.DataFrame(rows)
 
 
@@ -231,7 +230,7 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
     from .advise import measured  # advise -> precision -> scorecard: imported when used
 
     real = [r for rec in cache.records("real-tasks")
-            if profile is None or rec["result"].get("profile") == profile
+            if profile_matches(rec["result"].get("profile"), profile)
             for r in rec["result"]["rows"]]
     real = pd.DataFrame(real).drop_duplicates(["task", "model", "bits", "retrained", "split"],
                                               keep="last") if real else pd.DataFrame()
@@ -244,7 +243,7 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
     """The CNN chapter's training-length rows (capacity against epochs) under ``profile``."""
     rows = [r for rec in (cache or ResultsCache()).records(TRAINING_LENGTH_KIND)
-            if profile is None or rec["result"].get("profile") == profile
+            if profile_matches(rec["result"].get("profile"), profile)
             for r in rec["result"]["rows"]]
     return pd.DataFrame(rows)
 

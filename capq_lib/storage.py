@@ -12,12 +12,15 @@ by the next worker instead of blocking the study forever.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +51,60 @@ def heartbeat_grace_s() -> float:
     return float(os.environ.get("CAPQ_HEARTBEAT_GRACE_S", "300"))
 
 
+class JournalWarning(UserWarning):
+    """The journal had to be repaired or set aside."""
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
+                          f".bad")
+
+
+def repair_journal(path: Path) -> str:
+    """Make ``path`` a journal Optuna can read and append to, before anyone appends: a torn
+    last line (a worker killed mid-write) is cut off, a corrupt line inside is unrecoverable
+    (the log is replayed in order), so the journal is moved aside and a new one starts.
+    Either way the old file is kept beside it and a warning names both. Returns what was done:
+    "ok", "cut" or "set aside"."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return "ok"
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()  # Optuna's own append lock: no worker is in the middle of a line now
+    try:
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        tail = lines.pop()  # what follows the last newline: empty when the file is whole
+        bad = []
+        for number, line in enumerate(lines):
+            try:
+                json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad.append(number)
+        if not bad and not tail:
+            return "ok"
+        kept = _aside(path)
+        torn_last = (not bad and tail) or (bad == [len(lines) - 1] and not tail)
+        if not torn_last:
+            os.replace(path, kept)
+            warnings.warn(f"capq: the journal {path} has a corrupt line ({bad[0] + 1}) that "
+                          f"is not its last; it was moved to {kept} and a new journal "
+                          f"started (trials not in the results cache are run again)",
+                          JournalWarning, stacklevel=3)
+            return "set aside"
+        good = b"".join(line + b"\n" for line in (lines[:-1] if bad else lines))
+        with open(kept, "wb") as fh:
+            fh.write(raw)
+        tmp = path.with_name(path.name + ".repair")
+        tmp.write_bytes(good)
+        os.replace(tmp, path)
+        warnings.warn(f"capq: the journal {path} ended in a torn line (a worker stopped while "
+                      f"writing it); it was cut off, the whole file kept as {kept}",
+                      JournalWarning, stacklevel=3)
+        return "cut"
+    finally:
+        lock.release()
+
+
 class Storage:
     """An Optuna storage plus the lock that serializes claims on it."""
 
@@ -62,6 +119,7 @@ class Storage:
                                   f"e.g. journal:///abs/path/capq.journal")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                repair_journal(path)
                 backend = optuna.storages.journal.JournalFileBackend(str(path))
             except OSError as err:
                 raise ConfigError(f"storage {self.url!r} is unreachable: {err}") from err
@@ -83,6 +141,9 @@ class Storage:
         if parsed.get_backend_name() not in SQL_SCHEMES:
             raise ConfigError(f"storage must be a SQLAlchemy URL of one of "
                               f"{', '.join(SQL_SCHEMES)}, or journal:///path; got {self.url!r}")
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            raise ConfigError(f"storage {self.url!r} is an in-memory database: a sweep would "
+                              f"keep nothing; name a file (sqlite:///path/capq.db)")
         storage = None
         for attempt in range(5):  # workers starting together race to create the schema
             try:

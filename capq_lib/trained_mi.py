@@ -46,7 +46,7 @@ from .info import (
 )
 from .models import FCDNNSpec
 from .population import Member, stack_memorization_sets, stack_nets, train_members
-from .results import ResultsCache
+from .results import ResultsCache, profile_matches
 from .train import SCHEDULES, TrainConfig
 
 KIND = "mi-trained"
@@ -234,7 +234,7 @@ def cached_rows(profile: str | None = None, cache: ResultsCache | None = None) -
     latest: dict[tuple, dict[str, Any]] = {}
     for rec in cache.records(KIND):  # oldest first
         res = rec["result"]
-        if profile is None or res.get("profile") == profile:
+        if profile_matches(res.get("profile"), profile):
             c = rec["config"]
             latest[(res.get("profile"), c["model"], c["n_samples"], c["seeds"])] = rec
     rows = [{**r, "profile": rec["result"]["profile"]} for rec in latest.values()

@@ -44,6 +44,10 @@ def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
 
 def non_empty(name: str, values: Any) -> tuple:
     """Return ``values`` as a non-empty tuple (a scalar becomes a 1-tuple)."""
+    if isinstance(values, str) and values.lstrip().startswith(("[", "(")):
+        raise ConfigError(f"{name} must be a list, got the text {values!r}: papermill's -p "
+                          f"passes text; give lists as YAML: -y '{name}: {values.strip()}' "
+                          f"or -f FILE (capq params CHAPTER writes one)")
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         values = (values,)
     values = tuple(values)

@@ -150,7 +150,10 @@ def test_advice_takes_the_nearest_measured_ratio_at_or_above():
     (("cnn", 100, 10), "no quantization measurements for family 'cnn'"),
     (("gru", 100, 10), "family must be one of 'fc', 'cnn', 'rnn'"),
     (("fc", -5, 10), "params must be an integer >= 1"),
-    (("fc", 100, -1), "samples must be an integer >= 0"),
+    (("fc", 100, -1), "samples must be an integer >= 1"),
+    (("fc", 100, 0), "samples must be an integer >= 1"),
+    (("fc", 10**23, 10), r"params must be within 10x of the fc nets measured \(100 to 100"),
+    (("fc", 9, 1), "params must be within 10x"),
     (("fc", 100, 201), "above the largest measured for fc"),
 ])
 def test_advice_refuses_what_it_has_no_data_for(args, message):

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -92,8 +93,11 @@ def write_cifar(folder: Path, n: int = 6) -> None:
             pickle.dump(batch, fh)
 
 
-def test_cifar_reader_reads_pickled_batches(tmp_path):
+def test_cifar_reader_reads_pickled_batches(tmp_path, monkeypatch):
     write_cifar(tmp_path / "cifar10" / "cifar-10-batches-py")
+    with pytest.raises(DataError, match="data_batch_1 fails its checksum"):
+        realdata.cifar10("train", tmp_path, online=False)  # not the real batches
+    trust(tmp_path, monkeypatch)
     x, y = realdata.cifar10("train", tmp_path, online=False)
     assert x.shape == (30, 3, 32, 32) and y.shape == (30,)
     with open(tmp_path / "cifar10/cifar-10-batches-py/data_batch_1", "rb") as fh:
@@ -102,6 +106,17 @@ def test_cifar_reader_reads_pickled_batches(tmp_path):
                        torch.from_numpy(raw[b"data"][0]))
     xt, _ = realdata.cifar10("test", tmp_path, online=False)
     assert xt.shape == (6, 3, 32, 32)
+
+
+def trust(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Name a checksum file (outside ``root``) that accepts the files now under ``root``."""
+    listing = root.parent / f"{root.name}-checksums.txt"
+    before = os.environ.get(realdata.TRUSTED_ENV)  # earlier fixtures stay trusted
+    lines = [f"{realdata.md5(p)}  {p.relative_to(root)}\n"
+             for p in sorted(root.rglob("*")) if p.is_file()]
+    listing.write_text((Path(before).read_text() if before else "") + "".join(lines))
+    monkeypatch.setenv(realdata.TRUSTED_ENV, str(listing))
+    return listing
 
 
 def test_a_corrupted_download_fails_its_checksum_and_leaves_nothing(tmp_path, monkeypatch):
@@ -118,10 +133,20 @@ def test_a_corrupted_download_fails_its_checksum_and_leaves_nothing(tmp_path, mo
     (root / "toy" / "a.txt").write_text("tampered\n")
     with pytest.raises(DataError, match="fails its checksum"):
         realdata.fetch("toy/a.txt", root)
-    # a folder may declare the digest of its own copy (a mirror, test fixtures)
+    # a checksum file inside the data folder blesses nothing
     tampered = hashlib.md5(b"tampered\n").hexdigest()
-    (root / realdata.MANIFEST).write_text(f"{tampered}  toy/a.txt\n")
+    (root / "capq-checksums.txt").write_text(f"{tampered}  toy/a.txt\n")
+    with pytest.raises(DataError, match="fails its checksum"):
+        realdata.fetch("toy/a.txt", root)
+    # one the user names explicitly does (a mirror, test fixtures)
+    listing = tmp_path / "mine.txt"
+    listing.write_text(f"{tampered}  toy/a.txt\n")
+    monkeypatch.setenv(realdata.TRUSTED_ENV, str(listing))
     assert realdata.fetch("toy/a.txt", root).read_text() == "tampered\n"
+    listing.write_text("not-a-digest toy/a.txt\n")
+    with pytest.raises(DataError, match=r"mine.txt, line 1: expected"):
+        realdata.fetch("toy/a.txt", root)
+    monkeypatch.delenv(realdata.TRUSTED_ENV)
     monkeypatch.setitem(realdata.FILES, "toy/b.txt",
                         Remote((tmp_path / "nowhere").as_uri(), (good,)))
     with pytest.raises(DataError, match="could not be downloaded"):
@@ -193,7 +218,8 @@ def test_batched_alphas_give_the_same_surface():
     assert (one.accuracy - many.accuracy).abs().max() < 1e-9
 
 
-def fake_datasets(root: Path, train_splits: bool = True) -> Path:
+def fake_datasets(root: Path, train_splits: bool = True,
+                  monkeypatch: pytest.MonkeyPatch | None = None) -> Path:
     """Small MNIST and PTB files in the real formats; the MNIST training set and the PTB
     training split only when ``train_splits``."""
     rng = np.random.default_rng(0)
@@ -207,14 +233,13 @@ def fake_datasets(root: Path, train_splits: bool = True) -> Path:
     for split in (["train"] if train_splits else []) + ["valid", "test"]:
         lines = [" " + " ".join(rng.choice(words, 9)) + " " for _ in range(40)]
         (root / "ptb" / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
-    files = [p for p in root.rglob("*") if p.is_file()]
-    (root / realdata.MANIFEST).write_text(
-        "".join(f"{realdata.md5(p)}  {p.relative_to(root)}\n" for p in files))
+    if monkeypatch is not None:
+        trust(root, monkeypatch)
     return root
 
 
-def test_image_data_trains_on_the_training_split_and_says_what_it_used(tmp_path):
-    root = fake_datasets(tmp_path)
+def test_image_data_trains_on_the_training_split_and_says_what_it_used(tmp_path, monkeypatch):
+    root = fake_datasets(tmp_path, monkeypatch=monkeypatch)
     d = realtasks.image_data("mnist", root, False, max_train=100, max_test=40)
     assert d.source == ("Trained on the MNIST training set, first 100 of its 120 images; "
                         "tested on the MNIST test set, first 40 of its 50 images; training "
@@ -230,8 +255,8 @@ def test_image_data_trains_on_the_training_split_and_says_what_it_used(tmp_path)
     assert "all 120 images" in c.source and "measured on" in c.source
 
 
-def test_image_data_without_the_training_split_splits_the_test_set(tmp_path):
-    root = fake_datasets(tmp_path, train_splits=False)
+def test_image_data_without_the_training_split_splits_the_test_set(tmp_path, monkeypatch):
+    root = fake_datasets(tmp_path, train_splits=False, monkeypatch=monkeypatch)
     d = realtasks.image_data("mnist", root, False, None, None)
     assert d.source.startswith("The MNIST training split is not available here: the 50 MNIST "
                                "test images are split at random into 40 for training and 10 "
@@ -246,15 +271,16 @@ def test_unigram_perplexity_is_add_one_smoothed_word_frequencies():
     assert got == pytest.approx(math.exp(-(math.log(3 / 6) + math.log(2 / 6)) / 2))
 
 
-def test_lm_data_trains_on_the_ptb_training_split_with_a_unigram_baseline(tmp_path):
-    root = fake_datasets(tmp_path)
+def test_lm_data_trains_on_the_ptb_training_split_with_a_unigram_baseline(tmp_path, monkeypatch):
+    root = fake_datasets(tmp_path, monkeypatch=monkeypatch)
     d = realtasks.lm_data(root, False, batch=4, max_train=200, max_test=120)
     assert d.source.startswith("Trained on the PTB training split, first 200 of its 400 tokens;"
                                " tested on the PTB test split, first 120 of its 400 tokens")
     assert d.train.shape == (50, 4) and d.test.shape == (30, 4) and d.train_eval.shape[0] == 30
     want = realtasks.unigram_perplexity(d.train, d.test[1:], d.vocab)
     assert d.unigram_perplexity == pytest.approx(want) and 1 < want < 2 * d.vocab
-    offline = realtasks.lm_data(fake_datasets(tmp_path / "partial", train_splits=False), False)
+    offline = realtasks.lm_data(fake_datasets(tmp_path / "partial", train_splits=False,
+                                                       monkeypatch=monkeypatch), False)
     assert "PTB validation split (the training split is not available here)" in offline.source
 
 
