@@ -30,6 +30,7 @@ test: env
 
 lint: env
 	$(BIN)/ruff check capq_lib tests benchmarks
+	$(BIN)/lint-imports
 
 clean-book:
 	rm -rf _build

@@ -27,9 +27,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from capq_lib import population
-from capq_lib.models import CNNSpec, same_max_pool
-from capq_lib.population import (
+from capq_lib.engine import population
+from capq_lib.engine.population import (
     Member,
     StackedCNN,
     _readout,
@@ -38,7 +37,8 @@ from capq_lib.population import (
     stacked,
     train_members,
 )
-from capq_lib.train import ADAM_BETA2, ADAM_EPS, TrainConfig
+from capq_lib.engine.train import ADAM_BETA2, ADAM_EPS, Recipe
+from capq_lib.nets.models import CNNSpec, same_max_pool
 
 
 def previous_forward(model: StackedCNN, x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +99,9 @@ class Stepper:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
         self.forward, self.adam = VARIANTS[variant]
         self.x, self.y = x, y
-        members = [Member(x.shape[1], lr=1e-3 * (m + 1)) for m in range(k)]
-        self.sched = _Schedule(members, TrainConfig(epochs=1, batches_per_epoch=1,
-                                                    optimizer="adam"), torch.device("cpu"))
+        shared = Recipe(epochs=1, batches_per_epoch=1, optimizer="adam")
+        members = [Member(x.shape[1], recipe=shared.with_(lr=1e-3 * (m + 1))) for m in range(k)]
+        self.sched = _Schedule(members, shared, torch.device("cpu"))
         self.m1 = [torch.zeros_like(p) for p in self.model.params]
         self.m2 = [torch.zeros_like(p) for p in self.model.params]
         self.t = torch.zeros(k)
@@ -175,19 +175,19 @@ def population_table(models: list[str], ks: list[int], batches: dict[str, int],
     data gathering, steps, updates and the final evaluation."""
     print("\n| model | K | N | epochs | previous (samples/s) | engine (samples/s) | "
           "engine / previous |\n|---|---|---|---|---|---|---|")
-    shared = TrainConfig(epochs=epochs, eval_every=10**6, optimizer="adam",
+    shared = Recipe(epochs=epochs, eval_every=10**6, optimizer="adam",
                          batches_per_epoch=64, lr=2e-3)
     for name in models:
         spec = CNNSpec(name)
         for k in ks:
             n = batches[name] * 64
-            members = [Member(n, lr=2e-3, data_seed=m, init_seed=m) for m in range(k)]
+            members = [Member(n, m, m, shared) for m in range(k)]
             data = stack_memorization_sets(members, spec.input_shape, torch.device("cpu"))
             out, cpu_s = {}, {}
             for variant in VARIANTS:
                 t = time.thread_time()
                 with variant_in_engine(variant):
-                    out[variant] = train_members(spec, members, shared, torch.device("cpu"),
+                    out[variant] = train_members(spec, members, torch.device("cpu"),
                                                  data=data)
                 cpu_s[variant] = time.thread_time() - t
             for a, b in zip(out["previous"].members, out["engine"].members, strict=True):

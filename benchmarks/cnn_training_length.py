@@ -18,15 +18,16 @@ import time
 
 import torch
 
-from capq_lib.devices import resolve_device
-from capq_lib.info import conv_bits_per_parameter, mutual_information
-from capq_lib.models import CNNSpec
-from capq_lib.population import Member, train_members
-from capq_lib.train import TrainConfig
+from capq_lib.core.devices import resolve_device
+from capq_lib.core.info import conv_bits_per_parameter, mutual_information
+from capq_lib.engine.population import Member, train_members
+from capq_lib.engine.train import Recipe
+from capq_lib.nets.models import CNNSpec
 
 
-def _members(spec: CNNSpec, ratios: list[float], lrs: list[float], seeds: int) -> list[Member]:
-    return [Member(int(round(r * spec.n_params)), lr, 0.9, 0.1, 1000 + s, 1000 + s)
+def _members(spec: CNNSpec, ratios: list[float], lrs: list[float], seeds: int,
+             recipe: Recipe) -> list[Member]:
+    return [Member(int(round(r * spec.n_params)), 1000 + s, 1000 + s, recipe.with_(lr=lr))
             for r in ratios for lr in lrs for s in range(seeds)]
 
 
@@ -35,12 +36,12 @@ def run(model: str, ratios: list[float], lrs: list[float], seeds: int, bpe: int,
         max_epochs: int = 5000) -> dict:
     """One population over the N grid x lrs x seeds; ``epochs`` or as many as ``budget_s``."""
     spec = CNNSpec(model)
-    members = _members(spec, ratios, lrs, seeds)
+    members = _members(spec, ratios, lrs, seeds, Recipe())
 
     def train(n_epochs: int):
-        config = TrainConfig(epochs=n_epochs, optimizer="adam", batches_per_epoch=bpe,
-                             eval_every=25)
-        return train_members(spec, members, config, device)
+        config = Recipe(epochs=n_epochs, optimizer="adam", batches_per_epoch=bpe,
+                        eval_every=25)
+        return train_members(spec, _members(spec, ratios, lrs, seeds, config), device)
 
     if epochs is None:
         probe_epochs = 4
@@ -52,7 +53,7 @@ def run(model: str, ratios: list[float], lrs: list[float], seeds: int, bpe: int,
         print(f"# {model}: {len(members)} members, {per_epoch * 1000:.0f} ms an epoch, "
               f"training {epochs} epochs", file=sys.stderr, flush=True)
     out = train(epochs)
-    rows = [{"n_samples": m.n_samples, "lr": m.lr, "seed": m.data_seed,
+    rows = [{"n_samples": m.n_samples, "lr": m.recipe.lr, "seed": m.data_seed,
              "accuracy": o.accuracy, "epochs_run": o.epochs_run}
             for m, o in zip(members, out.members, strict=True)]
     best: dict[int, float] = {}

@@ -22,12 +22,12 @@ timeout "${BENCH_TIMEOUT:-120}" python3 benchmarks/population.py --device cuda -
   --budget-s "${BENCH_BUDGET:-0.5}" > "$out/population-cuda.json" 2> "$out/bench.log"
 grep '^#' "$out/bench.log"
 echo "== notebooks on cuda (profile ${PROFILE:-quick})"
-timeout "${BOOK_TIMEOUT:-200}" python3 -m capq_lib.cli build --profile "${PROFILE:-quick}" \
+timeout "${BOOK_TIMEOUT:-200}" python3 -m capq_lib.report.cli build --profile "${PROFILE:-quick}" \
   --device cuda --execute-only --output "$book" >"$out/notebooks.log" 2>&1
 status=$?
 grep '^\[capq\]' "$out/notebooks.log" || true
 cp "$book/_build/build-report.json" "$out/build-report.json" 2>/dev/null
-python3 -m capq_lib.cli results fcdnn-capacity --profile "${PROFILE:-quick}" --format csv \
+python3 -m capq_lib.report.cli results fcdnn-capacity --profile "${PROFILE:-quick}" --format csv \
   > "$out/fcdnn-capacity.csv" 2>/dev/null && python3 - "$out/fcdnn-capacity.csv" <<'PY'
 import sys, pandas as pd
 d = pd.read_csv(sys.argv[1])

@@ -2,7 +2,7 @@
 
 (a) loop: what most code does, one nn.Module and one torch.optim per model, trained one
     after another (its rate does not depend on K, so it is measured on a few models);
-(b) population: ``capq_lib.population.train_members`` on K stacked members.
+(b) population: ``capq_lib.engine.population.train_members`` on K stacked members.
 Both train the same nets (depth-2 FCDNNs; with --family, also Table-1 CNN A and LSTMs)
 with the same optimizer and schedule on N = 8 batches of random data, for the same number
 of epochs. The achieved GFLOP/s of (b) is compared with the peak float32 matmul rate
@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from capq_lib.datasets import memorization_set
-from capq_lib.devices import describe, resolve_device
-from capq_lib.models import CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec, build
-from capq_lib.population import Member, stack_memorization_sets, train_members
-from capq_lib.train import TrainConfig, memorize
+from capq_lib.core.devices import describe, resolve_device
+from capq_lib.engine.population import Member, stack_memorization_sets, train_members
+from capq_lib.engine.train import Recipe, memorize
+from capq_lib.nets.datasets import memorization_set
+from capq_lib.nets.models import CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec, build
 
 BATCHES_PER_EPOCH = 8
 
@@ -80,9 +80,9 @@ def loop_rate(spec: ModelSpec, batch: int, epochs: int, device: torch.device,
     n = batch * BATCHES_PER_EPOCH
     shape = spec.input_shape
     data = memorization_set(n, math.prod(shape), 0, shape).to(device)
-    config = TrainConfig(epochs=epochs, lr=0.01, eval_every=10**9, optimizer=optimizer)
+    config = Recipe(epochs=epochs, lr=0.01, eval_every=10**9, optimizer=optimizer)
     memorize(build(spec, 99).to(device), data,
-             TrainConfig(epochs=1, eval_every=10**9, optimizer=optimizer))
+             Recipe(epochs=1, eval_every=10**9, optimizer=optimizer))
     sync(device)
     start = time.perf_counter()
     for seed in range(models):
@@ -95,14 +95,14 @@ def population_rate(spec: ModelSpec, k: int, batch: int, epochs: int,
                     device: torch.device, optimizer: str = "sgd") -> float:
     """Model-epochs per second of K members trained as one population."""
     n = batch * BATCHES_PER_EPOCH
-    members = [Member(n, 0.01, 0.9, 0.1, s, s) for s in range(k)]
+    shared = Recipe(epochs=epochs, lr=0.01, eval_every=10**9, optimizer=optimizer)
+    members = [Member(n, s, s, shared) for s in range(k)]
     data = stack_memorization_sets(members, spec.input_shape, device)
-    shared = TrainConfig(epochs=epochs, eval_every=10**9, optimizer=optimizer)
-    train_members(spec, members, TrainConfig(epochs=1, eval_every=10**9, optimizer=optimizer),
-                  device, data=data)
+    warm = [Member(n, s, s, shared.with_(epochs=1)) for s in range(k)]
+    train_members(spec, warm, device, data=data)
     sync(device)
     start = time.perf_counter()
-    out = train_members(spec, members, shared, device, data=data)
+    out = train_members(spec, members, device, data=data)
     sync(device)
     return out.model_epochs / (time.perf_counter() - start)
 

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from capq_lib.devices import describe, resolve_device
-from capq_lib.surface import SurfaceConfig, classification_evaluator, loss_surface
-from capq_lib.taskmodels import CIFARCNN, CIFARResNet
+from capq_lib.core.devices import describe, resolve_device
+from capq_lib.engine.surface import SurfaceConfig, classification_evaluator, loss_surface
+from capq_lib.nets.taskmodels import CIFARCNN, CIFARResNet
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from capq_lib.results import ResultsCache
+from capq_lib.experiments.results import ResultsCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def offline_data() -> Path:
     for split in ("valid", "test"):
         lines = [" " + " ".join(rng.choice(words, 12)) + " " for _ in range(400)]
         (root / "ptb" / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
-    from capq_lib.realdata import TRUSTED_ENV, md5
+    from capq_lib.nets.realdata import TRUSTED_ENV, md5
 
     # their digests are not the real datasets': the tests name them explicitly, as a user
     # with a private mirror would, in a checksum file outside the data folder

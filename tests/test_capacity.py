@@ -1,9 +1,9 @@
 import pytest
 
-from capq_lib.capacity import measure_capacity
-from capq_lib.info import mutual_information
-from capq_lib.search import FCDNNCapacityStudy
-from capq_lib.validate import ConfigError
+from capq_lib.core.info import mutual_information
+from capq_lib.core.validate import ConfigError
+from capq_lib.experiments.capacity import measure_capacity
+from capq_lib.experiments.search import FCDNNCapacityStudy
 
 TINY = dict(widths=[12], depths=[1], stage1_n_per_param=[0.5, 1.0, 2.0, 3.0, 5.0],
             stage2_lrs=[0.1, 0.3], stage2_momenta=[0.9], stage2_n_factors=[1.0],
@@ -68,10 +68,10 @@ def test_unknown_study_parameter_is_refused():
 
 
 def test_epochs_per_model_must_name_every_model():
-    from capq_lib.search import CNNCapacityStudy
+    from capq_lib.experiments.search import CNNCapacityStudy
 
     study = CNNCapacityStudy(models=["A", "D"], epochs={"A": 30, "D": 20})
-    assert study.train_config("A").epochs == 30 and study.train_config("D").epochs == 20
+    assert study.recipe("A").epochs == 30 and study.recipe("D").epochs == 20
     with pytest.raises(ConfigError, match=r"^epochs must be an integer or give every model"):
         CNNCapacityStudy(models=["A", "D"], epochs={"A": 30})
 
@@ -87,7 +87,7 @@ def by_length(caps, sd=10.0, seeds=3):
 
 
 def test_capacity_still_growing_with_training_length_is_not_converged():
-    from capq_lib.capacity import converged, length_findings
+    from capq_lib.experiments.capacity import converged, length_findings
 
     assert converged(by_length({0.5: 3000, 1: 3500, 2: 4000}))["A"]["converged"] is False
     assert converged(by_length({0.5: 3000, 1: 3500, 2: 3505}))["A"]["converged"] is True
@@ -104,7 +104,7 @@ def test_capacity_still_growing_with_training_length_is_not_converged():
 def test_bracketing_n_is_the_peak_and_the_next_lower_point_above():
     import pandas as pd
 
-    from capq_lib.capacity import bracketing_n
+    from capq_lib.experiments.capacity import bracketing_n
 
     curve = pd.DataFrame({"n_samples": [100, 200, 300, 400], "mutual_info": [100, 190, 150,
                                                                              120]})

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from capq_lib import claims
-from capq_lib.claims import Evidence
+from capq_lib.report import claims
+from capq_lib.report.claims import Evidence
 
 
 def summary(rows):

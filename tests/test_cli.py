@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from capq_lib.capacity import measure_capacity
-from capq_lib.search import FCDNNCapacityStudy
+from capq_lib.experiments.capacity import measure_capacity
+from capq_lib.experiments.search import FCDNNCapacityStudy
 
 from .conftest import run_capq
 
@@ -47,7 +47,7 @@ def test_unknown_profile_on_the_command_line(cache, tmp_path):
 
 
 def test_cnn_and_rnn_results_carry_their_fields(cache):
-    from capq_lib.search import CNNCapacityStudy, RNNCapacityStudy
+    from capq_lib.experiments.search import CNNCapacityStudy, RNNCapacityStudy
 
     small = dict(epochs=2, population=2, stage2_lrs=[0.003], stage2_momenta=[0.9],
                  stage2_n_factors=[1.0], stage3_trials=0, profile="unit")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from capq_lib.datasets import memorization_set, random_binary_inputs
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.nets.datasets import memorization_set, random_binary_inputs
 
 
 @pytest.mark.parametrize("n_in,n", [(12, 4000), (40, 5000)])

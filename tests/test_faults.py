@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from capq_lib import realdata
-from capq_lib.realdata import DataError
-from capq_lib.results import CacheWarning, ResultsCache
-from capq_lib.search import FCDNNCapacityStudy, run_worker, study_trials
-from capq_lib.storage import JournalWarning, repair_journal
+from capq_lib.experiments.results import CacheWarning, ResultsCache
+from capq_lib.experiments.search import FCDNNCapacityStudy, run_worker, study_trials
+from capq_lib.experiments.storage import JournalWarning, repair_journal
+from capq_lib.nets import realdata
+from capq_lib.nets.realdata import DataError
 
 from .conftest import ROOT, SHARED_DATA
 
@@ -45,7 +45,7 @@ def test_a_kill_during_a_cache_write_leaves_no_record_and_the_rerun_computes(tmp
     root = tmp_path / "results"
     code = textwrap.dedent(f"""
         import json, time
-        from capq_lib.results import ResultsCache
+        from capq_lib.experiments.results import ResultsCache
         real = json.dump
         def slow(obj, fh, **kw):
             fh.write('{{"kind": "unit", "key"')  # half a record, then stuck
@@ -228,7 +228,7 @@ def test_a_tampered_mnist_file_is_refused_before_it_is_parsed(tmp_path):
 # --- profiles and the command line ---------------------------------------------------------
 
 def test_a_profile_of_another_folder_with_a_shipped_name_does_not_mix(tmp_path):
-    from capq_lib import profiles
+    from capq_lib.report import profiles
 
     shipped = profiles.load("smoke")
     mine = tmp_path / "smoke.yaml"
@@ -243,17 +243,17 @@ def test_a_profile_of_another_folder_with_a_shipped_name_does_not_mix(tmp_path):
     cache = ResultsCache(tmp_path / "results")
     for label, value in ((shipped.identity, 1), (other.identity, 2)):
         cache.put("mi-check", {"p": label}, {"profile": label, "value": value}, "cpu", 0.0)
-    from capq_lib.results import profile_matches
+    from capq_lib.experiments.records import other_configurations, profile_matches
 
     mine_only = [r["result"]["value"] for r in cache.records("mi-check")
                  if profile_matches(r["result"]["profile"], shipped.identity)]
     assert mine_only == [1]
-    assert cache.other_configurations(shipped.identity) == [other.identity]
+    assert other_configurations(shipped.identity, cache) == [other.identity]
 
 
 def test_a_binary_profile_file_is_a_clear_error(tmp_path):
-    from capq_lib import profiles
-    from capq_lib.validate import ConfigError
+    from capq_lib.core.validate import ConfigError
+    from capq_lib.report import profiles
 
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\xff\xfe\x00binary")
@@ -262,8 +262,8 @@ def test_a_binary_profile_file_is_a_clear_error(tmp_path):
 
 
 def test_an_in_memory_sqlite_storage_is_refused(tmp_path):
-    from capq_lib.storage import Storage
-    from capq_lib.validate import ConfigError
+    from capq_lib.core.validate import ConfigError
+    from capq_lib.experiments.storage import Storage
 
     for url in ("sqlite://", "sqlite:///:memory:"):
         with pytest.raises(ConfigError, match="in-memory database: a sweep would keep nothing"):
@@ -297,8 +297,8 @@ def test_build_checks_every_value_before_running_any_notebook(tmp_path):
 
 
 def test_notebook_refuses_unknown_parameters_before_computing():
-    from capq_lib.chapters import check_parameters
-    from capq_lib.validate import ConfigError
+    from capq_lib.core.validate import ConfigError
+    from capq_lib.report.chapters import check_parameters
 
     params = 'profile = "notebook"\ndevice = "auto"\nwidths = [16]\n'
     check_parameters({"In": ["", params, "x = 1"]})  # no injected cell: nothing to check

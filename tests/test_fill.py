@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capq_lib import fill, plots
-from capq_lib.advise import measured
-from capq_lib.info import mutual_information
-from capq_lib.precision import QuantizationStudy, fewest_lossless_bits
-from capq_lib.results import ResultsCache
-from capq_lib.validate import ConfigError
+from capq_lib.core.info import mutual_information
+from capq_lib.core.validate import ConfigError
+from capq_lib.experiments import fill
+from capq_lib.experiments.advise import measured
+from capq_lib.experiments.precision import QuantizationStudy, fewest_lossless_bits
+from capq_lib.experiments.results import ResultsCache
+from capq_lib.report import plots
 
 from .conftest import run_capq
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from capq_lib.info import (
+from capq_lib.core.info import (
     binary_entropy,
     bits_per_parameter,
     conv_bits_per_parameter,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from capq_lib.models import FCDNNSpec, build_fcdnn, count_parameters
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.nets.models import FCDNNSpec, build_fcdnn, count_parameters
 
 
 @pytest.mark.parametrize("width,depth,expected", [
@@ -38,7 +38,7 @@ def test_bad_architecture_names_the_parameter(kwargs, name):
     ("A", 2018, 1504), ("B", 4642, 4128), ("C", 13070, 12556), ("D", 5070, 4556),
     ("E", 19066, 18040), ("F", 31218, 30192)])
 def test_table1_parameter_counts(model, params, conv):
-    from capq_lib.models import CNNSpec, build_cnn
+    from capq_lib.nets.models import CNNSpec, build_cnn
 
     spec = CNNSpec(model)
     assert (spec.n_params, spec.n_params_conv) == (params, conv)
@@ -49,7 +49,7 @@ def test_table1_parameter_counts(model, params, conv):
 
 
 def test_table1_pooling_halves_the_map_three_times():
-    from capq_lib.models import same_max_pool
+    from capq_lib.nets.models import same_max_pool
 
     x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32)
     sizes = []
@@ -80,7 +80,7 @@ def test_cnn_forward_is_conv_relu_then_tf_same_pool(model):
     computes exactly the reference definition, values and gradients."""
     from torch import nn
 
-    from capq_lib.models import CNNSpec, build_cnn
+    from capq_lib.nets.models import CNNSpec, build_cnn
 
     net = build_cnn(CNNSpec(model), seed=3)
     nn.init.normal_(net.output.weight)
@@ -96,7 +96,7 @@ def test_cnn_forward_is_conv_relu_then_tf_same_pool(model):
 
 @pytest.mark.parametrize("units,expected", [(32, 8386), (16, 3170), (8, 1330)])
 def test_lstm_parameter_counts_one_bias_per_gate(units, expected):
-    from capq_lib.models import LSTMSpec, build_lstm
+    from capq_lib.nets.models import LSTMSpec, build_lstm
 
     spec = LSTMSpec(units)
     assert spec.n_params == expected == count_parameters(build_lstm(spec))
@@ -106,7 +106,7 @@ def test_lstm_parameter_counts_one_bias_per_gate(units, expected):
 
 
 def test_lstm_cell_matches_torch_lstm():
-    from capq_lib.models import LSTMSpec, build_lstm
+    from capq_lib.nets.models import LSTMSpec, build_lstm
 
     net = build_lstm(LSTMSpec(6, 4, 3), seed=1)
     ref = torch.nn.LSTM(4, 6, batch_first=True)
@@ -122,14 +122,14 @@ def test_lstm_cell_matches_torch_lstm():
 
 @pytest.mark.parametrize("kwargs,name", [(dict(units=0), "units"), (dict(steps=0), "steps")])
 def test_bad_lstm_names_the_parameter(kwargs, name):
-    from capq_lib.models import LSTMSpec
+    from capq_lib.nets.models import LSTMSpec
 
     with pytest.raises(ConfigError, match=rf"^{name} must be an integer"):
         LSTMSpec(**kwargs)
 
 
 def test_unknown_cnn_names_the_parameter():
-    from capq_lib.models import CNNSpec
+    from capq_lib.nets.models import CNNSpec
 
     with pytest.raises(ConfigError, match=r"^model must be one of 'A', 'B'"):
         CNNSpec("G")
@@ -138,7 +138,7 @@ def test_unknown_cnn_names_the_parameter():
 @pytest.mark.parametrize("model,floats", [("A", 4 * 32 * 32 + 8 * 16 * 16 + 16 * 8 * 8),
                                           ("D", 2 * (4 * 32 * 32 + 8 * 16 * 16 + 16 * 8 * 8))])
 def test_conv_outputs_count_every_convolution_output(model, floats):
-    from capq_lib.models import CNNSpec, build_cnn
+    from capq_lib.nets.models import CNNSpec, build_cnn
 
     spec, seen = CNNSpec(model), []
     net = build_cnn(spec)

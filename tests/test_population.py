@@ -5,26 +5,33 @@ import math
 import pytest
 import torch
 
-from capq_lib.datasets import memorization_set
-from capq_lib.models import CNNSpec, FCDNNSpec, LSTMSpec, build
-from capq_lib.population import Member, train_members
-from capq_lib.search import FCDNNCapacityStudy
-from capq_lib.train import TrainConfig, memorize
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.engine.population import Member, train_members
+from capq_lib.engine.train import Recipe, memorize
+from capq_lib.experiments.search import FCDNNCapacityStudy
+from capq_lib.nets.datasets import memorization_set
+from capq_lib.nets.models import CNNSpec, FCDNNSpec, LSTMSpec, build
 
 SPEC = FCDNNSpec(12, 2)
-MEMBERS = [Member(100, 0.1, 0.9, 0.1, 0, 0), Member(300, 0.05, 0.8, 0.1, 1, 1),
-           Member(37, 0.05, 0.95, 0.1, 2, 3), Member(500, 0.02, 0.9, 0.5, 3, 4)]
+MEMBERS = [(100, 0.1, 0.9, 0.1, 0, 0), (300, 0.05, 0.8, 0.1, 1, 1),
+           (37, 0.05, 0.95, 0.1, 2, 3), (500, 0.02, 0.9, 0.5, 3, 4)]
 
 
-def assert_members_match_training_alone(spec, members, shared):
+def with_recipe(shared: Recipe, rows) -> list[Member]:
+    """Members (N, lr, momentum, decay, data seed, init seed) on ``shared``'s recipe."""
+    return [Member(n, ds, init, shared.with_(lr=lr, momentum=mom, decay_factor=dec))
+            for n, lr, mom, dec, ds, init in rows]
+
+
+def assert_members_match_training_alone(spec, rows, shared):
     """Each member ends where the same net, data, seed and settings end when trained alone."""
-    out = train_members(spec, members, shared, torch.device("cpu"))
+    members = with_recipe(shared, rows)
+    out = train_members(spec, members, torch.device("cpu"))
     n_in = math.prod(spec.input_shape)
     for m, got in zip(members, out.members, strict=True):
         net = build(spec, m.init_seed)
         data = memorization_set(m.n_samples, n_in, m.data_seed, spec.input_shape)
-        alone = memorize(net, data, m.train_config(shared), seed=m.init_seed)
+        alone = memorize(net, data, m.recipe, seed=m.init_seed)
         assert got.epochs_run == alone.epochs_run
         assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
         for a, b in zip(net.parameters(), got.model.parameters(), strict=True):
@@ -34,13 +41,13 @@ def assert_members_match_training_alone(spec, members, shared):
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_each_member_matches_training_it_alone(schedule):
     assert_members_match_training_alone(
-        SPEC, MEMBERS, TrainConfig(epochs=40, schedule=schedule, eval_every=10))
+        SPEC, MEMBERS, Recipe(epochs=40, schedule=schedule, eval_every=10))
 
 
 def test_members_that_memorize_stop_costing_work():
-    members = [Member(100, 0.05, 0.9, 0.1, 0, 0), Member(2000, 0.1, 0.9, 0.1, 1, 1)]
-    shared = TrainConfig(epochs=100, eval_every=5)
-    out = train_members(SPEC, members, shared, torch.device("cpu"))
+    shared = Recipe(epochs=100, eval_every=5)
+    members = with_recipe(shared, [(100, 0.05, 0.9, 0.1, 0, 0), (2000, 0.1, 0.9, 0.1, 1, 1)])
+    out = train_members(SPEC, members, torch.device("cpu"))
     small, big = out.members
     assert small.accuracy == 1.0 and small.epochs_run < 100
     assert big.epochs_run == 100 and big.accuracy < 1.0
@@ -53,10 +60,10 @@ def test_population_size_must_be_positive():
 
 
 def test_adam_members_match_torch_adam_alone():
-    shared = TrainConfig(epochs=30, eval_every=10, optimizer="adam")
+    shared = Recipe(epochs=30, eval_every=10, optimizer="adam")
     # N = 20 has 7 batches an epoch, the others 8: it idles one step per epoch
-    members = [Member(100, 0.003, 0.9, 0.1, 0, 0), Member(37, 0.01, 0.8, 0.1, 1, 1),
-               Member(20, 0.01, 0.9, 0.1, 2, 2)]
+    members = [(100, 0.003, 0.9, 0.1, 0, 0), (37, 0.01, 0.8, 0.1, 1, 1),
+               (20, 0.01, 0.9, 0.1, 2, 2)]
     assert_members_match_training_alone(SPEC, members, shared)
 
 
@@ -64,12 +71,12 @@ def test_adam_members_match_torch_adam_alone():
                                             (LSTMSpec(8), "sgd"), (LSTMSpec(6, 4, 3), "adam")])
 def test_cnn_and_lstm_members_match_training_alone(spec, optimizer):
     assert_members_match_training_alone(
-        spec, [Member(48, 0.01, 0.9, 0.1, 0, 0), Member(20, 0.02, 0.8, 0.1, 1, 3)],
-        TrainConfig(epochs=4, eval_every=2, optimizer=optimizer))
+        spec, [(48, 0.01, 0.9, 0.1, 0, 0), (20, 0.02, 0.8, 0.1, 1, 3)],
+        Recipe(epochs=4, eval_every=2, optimizer=optimizer))
 
 
 def test_stopping_keeps_each_groups_most_accurate_member_in_a_race():
-    from capq_lib.population import stopping
+    from capq_lib.engine.population import stopping
 
     acc, group = [0.7, 0.9, 0.9, 0.6, 0.5], [0, 0, 0, 1, 1]
     assert stopping(acc, group, racing=False) == [False] * 5
@@ -84,35 +91,40 @@ def test_stopping_keeps_each_groups_most_accurate_member_in_a_race():
 def test_restarts_race_and_the_winner_is_the_net_trained_alone():
     """Three initializations per net: the losers stop at race_at of the epochs (the work
     counts it), and each net's result is its winning initialization trained alone."""
-    from capq_lib.population import restart_seed
+    from capq_lib.engine.population import restart_seed
 
-    members = [Member(400, 0.05, 0.9, 0.1, 5, 7), Member(300, 0.05, 0.9, 0.1, 6, 8)]
-    shared = TrainConfig(epochs=40, eval_every=1000, restarts=3, race_at=0.25)
-    out = train_members(SPEC, members, shared, torch.device("cpu"))
+    shared = Recipe(epochs=40, eval_every=1000, restarts=3, race_at=0.25)
+    members = with_recipe(shared, [(400, 0.05, 0.9, 0.1, 5, 7), (300, 0.05, 0.9, 0.1, 6, 8)])
+    out = train_members(SPEC, members, torch.device("cpu"))
     assert out.model_epochs == len(members) * (3 * 10 + 30)
     for m, got in zip(members, out.members, strict=True):
         assert got.init_seed in {restart_seed(m.init_seed, j) for j in range(3)}
         assert got.epochs_run == 40
-        winner = Member(m.n_samples, m.lr, m.momentum, m.decay_factor, m.data_seed,
-                        got.init_seed)
-        alone = train_members(SPEC, [winner], TrainConfig(epochs=40, eval_every=1000),
-                              torch.device("cpu")).members[0]
+        winner = Member(m.n_samples, m.data_seed, got.init_seed, m.recipe.with_(restarts=1))
+        alone = train_members(SPEC, [winner], torch.device("cpu")).members[0]
         assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
     # restart 0 is the member's own initialization
     assert restart_seed(7, 0) == 7 and len({restart_seed(7, j) for j in range(5)}) == 5
 
 
+def test_members_trained_together_must_share_their_recipe_but_lr_momentum_decay():
+    a = Member(50, 0, 0, Recipe(epochs=10, lr=0.1))
+    b = Member(50, 1, 1, Recipe(epochs=12, lr=0.2))
+    with pytest.raises(ConfigError, match="these differ: epochs"):
+        train_members(SPEC, [a, b], torch.device("cpu"))
+
+
 def test_restarts_are_checked_and_refused_for_one_net():
     with pytest.raises(ConfigError, match="restarts"):
-        TrainConfig(restarts=0)
+        Recipe(restarts=0)
     with pytest.raises(ConfigError, match="race_at"):
-        TrainConfig(restarts=2, race_at=1.0)
+        Recipe(restarts=2, race_at=1.0)
     net = build(SPEC, 0)
     with pytest.raises(ConfigError, match="restarts must be 1"):
-        memorize(net, memorization_set(10, SPEC.n_in, 0), TrainConfig(restarts=2))
+        memorize(net, memorization_set(10, SPEC.n_in, 0), Recipe(restarts=2))
     # configs without a race keep the keys they had before races existed
-    assert "restarts" not in TrainConfig().as_dict()
-    assert TrainConfig(restarts=2).as_dict()["restarts"] == 2
+    assert "restarts" not in Recipe().as_dict()
+    assert Recipe(restarts=2).as_dict()["restarts"] == 2
 
 
 @pytest.mark.parametrize("model", ["A", "D"])
@@ -122,8 +134,8 @@ def test_stacked_cnn_is_each_member_alone(model, k, monkeypatch):
     slices compute each member's own CNN.forward, values and gradients."""
     from torch import nn
 
-    from capq_lib import population
-    from capq_lib.population import stack_nets
+    from capq_lib.engine import population
+    from capq_lib.engine.population import stack_nets
 
     monkeypatch.setattr(population, "CPU_CNN_SUBSTACK_BYTES", 1)  # sub-stacks of two
     monkeypatch.setattr(population, "CPU_CNN_EVAL_SAMPLES", 3)
@@ -150,7 +162,7 @@ def test_stacked_cnn_is_each_member_alone(model, k, monkeypatch):
 
 
 def test_cnn_substacks_hold_every_member_and_no_lone_one():
-    from capq_lib.population import cnn_substack_size, cnn_substacks
+    from capq_lib.engine.population import cnn_substack_size, cnn_substacks
 
     for size in (2, 4):
         for k in range(1, 12):
@@ -167,7 +179,7 @@ def test_cnn_substacks_hold_every_member_and_no_lone_one():
 def test_pair_block_diagonal_is_the_grouped_convolution():
     from torch import nn
 
-    from capq_lib.population import pair_block_diagonal
+    from capq_lib.engine.population import pair_block_diagonal
 
     w = torch.randn(4, 3, 2, 3, 3)  # 4 members, 3 outputs from 2 inputs each
     x = torch.randn(5, 4 * 2, 6, 6)
@@ -181,16 +193,16 @@ def test_odd_cnn_populations_in_substacks_match_training_alone(monkeypatch):
     """Five D members: a packed pair and a triple (sub-stacks of two). SGD: Adam's update
     of a near-zero gradient is about +-lr whatever its rounding, so stacked and lone D nets
     part by ~2e-4 within 3 epochs (the replaced engine did the same)."""
-    from capq_lib import population
+    from capq_lib.engine import population
 
     monkeypatch.setattr(population, "CPU_CNN_SUBSTACK_BYTES", 1)
-    members = [Member(24 + 4 * m, 0.01, 0.9, 0.1, m, m) for m in range(5)]
+    members = [(24 + 4 * m, 0.01, 0.9, 0.1, m, m) for m in range(5)]
     assert_members_match_training_alone(
-        CNNSpec("D"), members, TrainConfig(epochs=3, eval_every=2, optimizer="sgd"))
+        CNNSpec("D"), members, Recipe(epochs=3, eval_every=2, optimizer="sgd"))
 
 
 def test_retain_freed_memory_is_asked_once():
-    from capq_lib.population import retain_freed_memory
+    from capq_lib.engine.population import retain_freed_memory
 
     assert retain_freed_memory() in (True, False)
     assert retain_freed_memory() == retain_freed_memory()

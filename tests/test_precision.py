@@ -5,11 +5,15 @@ import json
 import pandas as pd
 import pytest
 
-from capq_lib import precision
-from capq_lib.advise import advise, measured
-from capq_lib.precision import QuantizationStudy, fewest_lossless_bits, measure_quantization
-from capq_lib.validate import ConfigError
-from capq_lib.widgets import requantize
+from capq_lib.core.validate import ConfigError
+from capq_lib.experiments import precision
+from capq_lib.experiments.advise import advise, measured
+from capq_lib.experiments.precision import (
+    QuantizationStudy,
+    fewest_lossless_bits,
+    measure_quantization,
+)
+from capq_lib.report.widgets import requantize
 
 from .conftest import run_capq
 
@@ -27,7 +31,7 @@ FAST = dict(
 
 @pytest.fixture(scope="module")
 def measured_rows(tmp_path_factory):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     cache = ResultsCache(tmp_path_factory.mktemp("results"))
     return measure_quantization(QuantizationStudy(**FAST), "cpu", cache, progress=False), cache
@@ -73,11 +77,11 @@ def test_saved_nets_reproduce_the_float_and_direct_records(measured_rows):
 
 def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp_path,
                                                                              monkeypatch):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     cache = ResultsCache(tmp_path)
     study = QuantizationStudy(**{**FAST, "rnn_models": []})
-    real, calls = precision.run_unit, []
+    real, calls = precision.quantize_unit, []
 
     def flaky(study_, unit, n, device, *args):
         calls.append(unit.spec.name)
@@ -85,13 +89,13 @@ def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp
             raise KeyboardInterrupt
         return real(study_, unit, n, device, *args)
 
-    monkeypatch.setattr(precision, "run_unit", flaky)
+    monkeypatch.setattr(precision, "quantize_unit", flaky)
     with pytest.raises(KeyboardInterrupt):
         measure_quantization(study, "cpu", cache, progress=False)
     assert len(cache.records("quantization")) == 1
     assert not list((tmp_path / "quantization").glob(".tmp-*"))
     calls.clear()
-    monkeypatch.setattr(precision, "run_unit", real)
+    monkeypatch.setattr(precision, "quantize_unit", real)
     rows = measure_quantization(study, "cpu", cache, progress=False)
     assert len(cache.records("quantization")) == len(study.units()) == 4
     assert rows.key.nunique() == 4
@@ -99,7 +103,7 @@ def test_finished_units_are_not_redone_and_an_interrupted_one_leaves_nothing(tmp
     def refuse(*a):
         raise AssertionError("a cached unit was recomputed")
 
-    monkeypatch.setattr(precision, "run_unit", refuse)
+    monkeypatch.setattr(precision, "quantize_unit", refuse)
     again = measure_quantization(study, "cpu", cache, progress=False)
     pd.testing.assert_frame_equal(again, rows)
 
@@ -175,7 +179,7 @@ def test_study_rejects_bad_settings_early():
 
 
 def test_missing_capacity_results_name_the_chapter_to_build(tmp_path):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     study = QuantizationStudy(**{**FAST, "n_at_capacity": None, "capacity_bits": None})
     with pytest.raises(ConfigError, match="build the fcdnn-capacity chapter first"):
@@ -207,7 +211,7 @@ def test_cli_results_and_advise(measured_rows):
 
 
 def test_divergence_study_reports_every_setting(measured_rows):
-    from capq_lib.scorecard import divergence_table, divergence_verdicts
+    from capq_lib.report.scorecard import divergence_table, divergence_verdicts
 
     rows, _ = measured_rows
     table = fewest_lossless_bits(rows, 0.005)
@@ -219,13 +223,13 @@ def test_divergence_study_reports_every_setting(measured_rows):
 
 
 def test_a_stalled_seed_below_capacity_is_retried_at_a_third_of_the_lr(tmp_path, monkeypatch):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     real, calls = precision.train_members, []
 
-    def spy(spec, members, shared, device, **kw):
-        calls.append(sorted({round(m.lr, 6) for m in members}))
-        return real(spec, members, shared, device, **kw)
+    def spy(spec, members, device, **kw):
+        calls.append(sorted({round(m.recipe.lr, 6) for m in members}))
+        return real(spec, members, device, **kw)
 
     monkeypatch.setattr(precision, "train_members", spy)
     study = QuantizationStudy(**{**FAST, "rnn_models": [], "capacity_fractions": [0.5, 1.0],
@@ -239,7 +243,7 @@ def test_a_stalled_seed_below_capacity_is_retried_at_a_third_of_the_lr(tmp_path,
 
 
 def test_the_c_overrides_are_checked_before_any_training(tmp_path):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     with pytest.raises(ConfigError, match="capacity_bits gives model '1x8' without "
                                           "n_at_capacity"):
@@ -257,7 +261,7 @@ def test_the_c_overrides_are_checked_before_any_training(tmp_path):
 
 
 def test_capacity_point_reads_n_at_max_and_c_from_the_capacity_chapter(tmp_path):
-    from capq_lib.results import ResultsCache
+    from capq_lib.experiments.results import ResultsCache
 
     cache = ResultsCache(tmp_path)
     cache.put("fcdnn-capacity", {"model": "1x8"}, {"profile": "unit", "model": "1x8",

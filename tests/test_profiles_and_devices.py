@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from capq_lib import profiles
-from capq_lib.devices import resolve_device
-from capq_lib.runner import build, notebook_parameters, toc_notebooks
-from capq_lib.validate import ConfigError
+from capq_lib.core.devices import resolve_device
+from capq_lib.core.validate import ConfigError
+from capq_lib.report import profiles
+from capq_lib.report.runner import build, notebook_parameters, toc_notebooks
 
 from .conftest import ROOT
 
@@ -85,7 +85,7 @@ def test_only_must_name_a_chapter(tmp_path):
 def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypatch):
     import yaml
 
-    from capq_lib.runner import stage_sources
+    from capq_lib.report.runner import stage_sources
 
     monkeypatch.delenv("CAPQ_REPOSITORY_URL", raising=False)
     stage_sources(tmp_path / "a")
@@ -100,7 +100,7 @@ def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypa
 
 
 def test_the_longest_chain_of_waiting_chapters_starts_first():
-    from capq_lib.runner import chapter_costs, chapter_needs, critical_paths, toc_notebooks
+    from capq_lib.report.runner import chapter_costs, chapter_needs, critical_paths, toc_notebooks
 
     needs = {"intro": {"a", "b", "q"}, "a": set(), "b": set(), "q": {"a", "b"}}
     paths = critical_paths(needs, {"a": 2, "b": 5, "q": 4, "intro": 0.5})

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from capq_lib.datasets import memorization_set
-from capq_lib.models import CNNSpec, FCDNNSpec, LSTMSpec, build
-from capq_lib.population import stack_nets
-from capq_lib.quantize import (
+from capq_lib.core.validate import ConfigError
+from capq_lib.engine.population import stack_nets
+from capq_lib.engine.quantize import (
     QuantConfig,
     fake_quantize,
     quantize,
@@ -15,8 +14,9 @@ from capq_lib.quantize import (
     step_size,
     top_level,
 )
-from capq_lib.train import TrainConfig, memorize
-from capq_lib.validate import ConfigError
+from capq_lib.engine.train import Recipe, memorize
+from capq_lib.nets.datasets import memorization_set
+from capq_lib.nets.models import CNNSpec, FCDNNSpec, LSTMSpec, build
 
 SPECS = [FCDNNSpec(width=12, depth=2), CNNSpec("A"), LSTMSpec(units=6)]
 
@@ -32,7 +32,7 @@ def random_weights():
 def trained_fc():
     spec = FCDNNSpec(width=16, depth=2)
     net = build(spec, 0)
-    memorize(net, memorization_set(300, 16, 0), TrainConfig(epochs=60, lr=0.1))
+    memorize(net, memorization_set(300, 16, 0), Recipe(epochs=60, lr=0.1))
     return net
 
 

@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from capq_lib import realdata, realtasks
-from capq_lib.realdata import DataError, Remote
-from capq_lib.surface import (
+from capq_lib.core.validate import ConfigError
+from capq_lib.engine.surface import (
     SurfaceConfig,
     basin_rise,
     classification_evaluator,
@@ -24,8 +23,11 @@ from capq_lib.surface import (
     lm_evaluator,
     loss_surface,
 )
-from capq_lib.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM, count_parameters
-from capq_lib.validate import ConfigError
+from capq_lib.experiments import realtasks
+from capq_lib.nets import realdata
+from capq_lib.nets.models import count_parameters
+from capq_lib.nets.realdata import DataError, Remote
+from capq_lib.nets.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM
 
 from .conftest import SHARED_DATA as SHARED
 

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from capq_lib import realtasks
-from capq_lib.realtasks import RealTaskStudy, measure_real_tasks, rebuild, robustness
-from capq_lib.surface import SurfaceConfig
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.engine.surface import SurfaceConfig
+from capq_lib.experiments import realtasks
+from capq_lib.experiments.realtasks import RealTaskStudy, measure_real_tasks, rebuild, robustness
 
 from .conftest import run_capq
 from .test_realdata import FULL, SHARED, needs_shared
@@ -58,7 +58,7 @@ def test_rows_cover_every_net_width_and_split_and_resume(cache, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a cached net was retrained")
 
-    monkeypatch.setattr(realtasks, "run_unit", refuse)
+    monkeypatch.setattr(realtasks, "train_task_net", refuse)
     again = measure_real_tasks(study, "cpu", cache, SHARED, progress=False)
     assert len(again) == len(rows)
 
@@ -143,7 +143,7 @@ def synthetic_rows():
 
 
 def test_real_task_claims_follow_the_numbers_and_the_precondition():
-    from capq_lib import claims
+    from capq_lib.report import claims
 
     ev = claims.Evidence("t", real=synthetic_rows())
     rows = {r["claim"]: r for r in claims.rows(ev, "Real tasks").to_dict("records")}

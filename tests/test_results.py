@@ -1,12 +1,6 @@
-import json
-
 import pytest
 
-from capq_lib import capacity
-from capq_lib.capacity import MemorizationTrial, run_trials
-from capq_lib.models import FCDNNSpec
-from capq_lib.results import ResultsCache, config_key
-from capq_lib.train import TrainConfig
+from capq_lib.experiments.results import ResultsCache, config_key
 
 
 def test_miss_then_hit_with_provenance(cache: ResultsCache):
@@ -39,26 +33,3 @@ def test_a_failed_computation_leaves_no_entry(cache: ResultsCache):
         cache.compute("thing", {"a": 1}, boom, "cpu")
     assert cache.get("thing", {"a": 1}) is None
     assert not list(cache.root.rglob("*.json"))
-
-
-def test_an_interrupted_sweep_keeps_finished_trials_and_nothing_partial(cache, monkeypatch):
-    trials = [MemorizationTrial(FCDNNSpec(12, 1), n, TrainConfig(epochs=20, lr=0.3))
-              for n in (90, 180, 360)]
-    real, done = capacity.memorize, []
-
-    def dies_on_third(*args, **kwargs):
-        if len(done) == 2:
-            raise KeyboardInterrupt
-        done.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(capacity, "memorize", dies_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        run_trials(trials, "cpu", cache, progress=False)
-    files = list((cache.root / "memorization-trial").iterdir())
-    assert len(files) == 2 and all(f.suffix == ".json" for f in files)
-    for f in files:
-        json.loads(f.read_text())  # whole records only
-    monkeypatch.setattr(capacity, "memorize", real)
-    result = run_trials(trials, "cpu", cache, progress=False)
-    assert result.cached.tolist() == [True, True, False]

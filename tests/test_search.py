@@ -13,9 +13,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from capq_lib.search import FCDNNCapacityStudy, open_study, run_worker, study_trials
-from capq_lib.storage import Storage
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.experiments.search import FCDNNCapacityStudy, open_study, run_worker, study_trials
+from capq_lib.experiments.storage import Storage
 
 from .conftest import ROOT
 
@@ -84,7 +84,7 @@ def worker(tmp_path, url, *extra):
         profile.write_text(yaml.safe_dump({"chapters": {"fcdnn-capacity": params}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPQ_RESULTS_DIR": str(tmp_path / "res"),
            "CAPQ_HEARTBEAT_GRACE_S": "5"}
-    exe = [sys.executable, "-m", "capq_lib.cli", "sweep", "fcdnn-capacity", "--profile",
+    exe = [sys.executable, "-m", "capq_lib.report.cli", "sweep", "fcdnn-capacity", "--profile",
            str(profile), "--storage", url, "--device", "cpu", *extra]
     return subprocess.Popen(exe, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -93,7 +93,7 @@ def worker(tmp_path, url, *extra):
 def test_cli_refuses_unknown_experiment_and_bad_population(tmp_path):
     url = f"journal:///{tmp_path}/s.journal"
     env = {**os.environ, "CAPQ_RESULTS_DIR": str(tmp_path / "res")}
-    bad = subprocess.run([sys.executable, "-m", "capq_lib.cli", "sweep", "cnn-capacityy",
+    bad = subprocess.run([sys.executable, "-m", "capq_lib.report.cli", "sweep", "cnn-capacityy",
                           "--storage", url], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "EXPERIMENT must be one of fcdnn-capacity" in bad.stderr
     p = worker(tmp_path, url, "--population", "0")
@@ -149,7 +149,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path):
     params["epochs"] = 300  # batches long enough that both workers get some
     tiny.write_text(yaml.safe_dump({"chapters": {"fcdnn-capacity": params}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPQ_RESULTS_DIR": str(tmp_path / "res")}
-    cmd = [sys.executable, "-m", "capq_lib.cli", "sweep", "fcdnn-capacity", "--profile",
+    cmd = [sys.executable, "-m", "capq_lib.report.cli", "sweep", "fcdnn-capacity", "--profile",
            str(tiny), "--storage", url, "--device", "cpu", "--population", "2"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -244,7 +244,7 @@ def test_the_search_extends_its_grid_until_the_peak_is_bracketed(tmp_path):
     trials = study_trials(study, url)
     ext = trials[trials.stage == 4]
     assert len(ext) >= 1 and ext.n_samples.min() > 70  # it went past the grid
-    from capq_lib.capacity import capacity_summary
+    from capq_lib.experiments.capacity import capacity_summary
 
     row = capacity_summary(trials).iloc[0]
     assert row.bracketed and row.replicates == 3

@@ -5,18 +5,19 @@ import pandas as pd
 import pytest
 import torch
 
-from capq_lib import plots, trained_mi
-from capq_lib.channel import MICheck, mi_check, summary
-from capq_lib.info import (
+from capq_lib.core.info import (
     binary_channel_information,
     binary_entropy,
     confusion_counts,
     empirical_mutual_information,
     mutual_information,
 )
-from capq_lib.population import Member, stack_memorization_sets, train_members
-from capq_lib.trained_mi import KIND, TrainedMICheck, measure_trained_mi, net_row
-from capq_lib.validate import ConfigError
+from capq_lib.core.validate import ConfigError
+from capq_lib.engine.population import Member, stack_memorization_sets, train_members
+from capq_lib.experiments import trained_mi
+from capq_lib.experiments.channel import MICheck, mi_check, summary
+from capq_lib.experiments.trained_mi import KIND, TrainedMICheck, measure_trained_mi, net_row
+from capq_lib.report import plots
 
 
 def table(n_per_class: int, wrong_0: int, wrong_1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,10 +139,10 @@ def test_answers_agree_with_the_training_accuracy():
     """The answers the check reads are the ones the population engine scored."""
     check = TrainedMICheck(**TINY)
     spec, cpu = check.specs()[0], torch.device("cpu")
-    members = [Member(n, 0.1, 0.9, 0.1, s, s) for _, n, _ in check.units()
+    members = [Member(n, s, s, check.recipe()) for _, n, _ in check.units()
                for s in check.member_seeds(spec, n)]
     x, y = stack_memorization_sets(members, spec.input_shape, cpu)
-    out = train_members(spec, members, check.train_config(), cpu, data=(x, y))
+    out = train_members(spec, members, cpu, data=(x, y))
     answers = trained_mi.predictions(spec, [m.model for m in out.members], x)
     for k, (m, res) in enumerate(zip(members, out.members, strict=True)):
         n = m.n_samples

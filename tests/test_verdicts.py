@@ -2,8 +2,8 @@
 
 import pytest
 
-from capq_lib import verdicts as v
-from capq_lib.verdicts import Bits, Estimate
+from capq_lib.core import verdicts as v
+from capq_lib.core.verdicts import Bits, Estimate
 
 
 def out(verdict):

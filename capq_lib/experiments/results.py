@@ -1,0 +1,222 @@
+"""The results cache: one JSON file per computed config, written atomically, with provenance.
+
+The key is a hash of the config, so the same config twice is computed once and an
+interrupted sweep resumes where it stopped. A record is written only after its
+computation succeeded (temp file + rename), so a failure never leaves half an entry. Reading
+trusts nothing: temporary files are never read, a record that does not parse or does not
+match its file name is moved aside to ``quarantine/`` (kept, with a one-line warning) and
+counts as a miss, so its computation is redone; a record with saved nets (a ``.pt`` file) is
+complete only while that file is there with the digest the record names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from capq_lib import __version__
+from capq_lib.core.paths import PROJECT_ROOT
+
+#: bump when a change in the code makes earlier records wrong
+SCHEMA = 1
+
+
+class CacheWarning(UserWarning):
+    """A cache file was unreadable and has been moved aside."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: records are made readable as any other file the user creates (mkstemp makes them 0600)
+FILE_MODE = 0o666 & ~_umask()
+REQUIRED = ("kind", "key", "config", "result", "provenance")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """Write ``path`` through a temporary file in its folder and a rename, so that a reader
+    (or a crash) never sees half a file; ``write(fh)`` fills the open file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def results_dir() -> Path:
+    """``$CAPQ_RESULTS_DIR`` if set, else ``data/results`` in the project."""
+    return Path(os.environ.get("CAPQ_RESULTS_DIR") or PROJECT_ROOT / "data" / "results")
+
+
+def config_key(kind: str, config: dict[str, Any]) -> str:
+    """A stable hash of (kind, config, schema)."""
+    blob = json.dumps({"kind": kind, "config": config, "schema": SCHEMA}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the project checkout, with '+dirty' when tracked files changed."""
+    try:
+        run = functools.partial(subprocess.run, cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10, check=True)
+        head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: str, wall_time_s: float) -> dict[str, Any]:
+    """Who computed a record, with what, where and when."""
+    return {
+        "capq_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "wall_time_s": round(wall_time_s, 3),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class ResultsCache:
+    """Records of kind K live in ``root/K/<key>.json``; saved nets in ``root/nets/<key>.pt``."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else results_dir()
+
+    def path(self, kind: str, config: dict[str, Any]) -> Path:
+        return self.root / kind / f"{config_key(kind, config)}.json"
+
+    def artifact_path(self, key: str) -> Path:
+        return self.root / "nets" / f"{key}.pt"
+
+    def quarantine(self, path: Path, why: str) -> None:
+        """Move an unreadable file to ``root/quarantine/`` (never delete it) and say so."""
+        dest = self.root / "quarantine" / path.parent.name / (
+            f"{path.name}.{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:  # another reader moved it first
+            return
+        warnings.warn(f"capq: {path} {why}; moved to {dest} and computed again",
+                      CacheWarning, stacklevel=3)
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The record in ``path``, or None (missing, or unreadable and moved aside)."""
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            self.quarantine(path, f"is not a complete record ({type(err).__name__}: {err})")
+            return None
+        if (not isinstance(record, dict) or any(k not in record for k in REQUIRED)
+                or record["key"] != path.stem or record["kind"] != path.parent.name
+                or not isinstance(record["result"], dict)
+                or not isinstance(record["provenance"], dict)):
+            self.quarantine(path, "is not a record of this cache (keys or name do not match)")
+            return None
+        return record
+
+    def artifact_ok(self, record: dict[str, Any]) -> bool:
+        """Whether the saved nets a record points to are there, unchanged."""
+        art = record.get("artifact")
+        if art is None:
+            return True
+        path = self.artifact_path(record["key"])
+        return path.is_file() and (art.get("sha256") is None or sha256(path) == art["sha256"])
+
+    def get(self, kind: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        record = self._read(self.path(kind, config))
+        if record is not None and not self.artifact_ok(record):
+            return None  # its nets are lost: a miss, recomputed (and the nets saved again)
+        return record
+
+    def put(self, kind: str, config: dict[str, Any], result: dict[str, Any],
+            device: str, wall_time_s: float, artifact: Any = None) -> dict[str, Any]:
+        """Store a record; ``artifact`` (e.g. state dicts) is saved first, beside it."""
+        key = config_key(kind, config)
+        record = {"kind": kind, "key": key, "config": config,
+                  "result": result, "provenance": provenance(device, wall_time_s)}
+        if artifact is not None:
+            saved = write_atomic(self.artifact_path(key),
+                                 lambda fh: torch.save(artifact, fh), binary=True)
+            record["artifact"] = {"file": f"nets/{key}.pt", "sha256": sha256(saved)}
+        write_atomic(self.path(kind, config),
+                     lambda fh: json.dump(record, fh, indent=1, sort_keys=True))
+        return record
+
+    def compute(self, kind: str, config: dict[str, Any], fn: Callable[[], Any],
+                device: str, artifact: bool = False) -> tuple[dict[str, Any], bool]:
+        """The cached record for ``config``, computing it with ``fn`` on a miss; (record, hit).
+        With ``artifact``, ``fn`` returns (result, nets) and the nets are part of the record."""
+        record = self.get(kind, config)
+        if record is not None:
+            return record, True
+        start = time.perf_counter()
+        out = fn()
+        result, nets = out if artifact else (out, None)
+        return self.put(kind, config, result, device, time.perf_counter() - start, nets), False
+
+    def load_artifact(self, kind: str, key: str, rebuild_hint: str) -> Any:
+        """The saved nets of record ``key`` of ``kind``, verified against the digest the
+        record names before they are loaded."""
+        path = self.artifact_path(key)
+        record = self._read(self.root / kind / f"{key}.json")
+        if record is None or not path.is_file():
+            raise FileNotFoundError(f"no saved nets for {kind} record {key}: {rebuild_hint}")
+        if not self.artifact_ok(record):
+            raise ValueError(f"{path} does not match the digest its record names: "
+                             f"{rebuild_hint}")
+        return torch.load(path, weights_only=True)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """Every complete record of ``kind``, oldest first (temporary files are skipped,
+        unreadable ones moved aside)."""
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        out = [r for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")
+               if (r := self._read(p)) is not None]
+        return sorted(out, key=lambda r: str(r["provenance"].get("date", "")))
+
+    def kinds(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and p.name not in ("nets", "quarantine"))

@@ -1,0 +1,644 @@
+"""Every "paper says / we measured" claim of the book, each declared once.
+
+A :class:`Claim` says what the paper claims (its value read from ``data/paper``, with the
+place the paper states it), how we measure it, the test that decides the verdict with its
+tolerance, and the precondition a measurement must meet before it may be judged. Its
+``judge`` turns the :class:`Evidence` (the cached results of one profile) into findings:
+what we measured, in words, and a verdict from :mod:`capq_lib.core.verdicts` (agrees, differs,
+inconclusive). Chapters print their own claims with :func:`markdown`; the intro stacks
+them all into the scorecard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+
+from capq_lib.core import reference
+from capq_lib.core import verdicts as v
+from capq_lib.core.verdicts import Bits, Estimate, Verdict
+from capq_lib.experiments.realtasks import robustness
+
+#: the columns of a scorecard row
+COLUMNS = ["chapter", "claim", "paper says", "source", "we measured", "test", "verdict"]
+
+
+@dataclass
+class Evidence:
+    """The cached results of one profile that the claims judge; an empty frame means the
+    chapter has not run."""
+
+    profile: str
+    mi_trained: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fc: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cnn: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rnn: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: FCDNNs trained with the CNN chapter's optimizer and epochs (equal effort)
+    fc_cnn_recipe: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: capacity against training length, per CNN and length factor
+    cnn_lengths: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: fewest lossless bits per family, model and N definition (the quantization chapter)
+    lossless: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the fill sweep: one row per net, float bits per parameter and fewest lossless bits
+    fill: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: real-task rows: one per net, width and split
+    real: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judged measurement: what we measured, the verdict, and when a claim is judged
+    per model, which one (it then names the claim's subject)."""
+
+    ours: str
+    verdict: Verdict
+    subject: str = ""
+    paper: str | None = None  # overrides the claim's paper value when it depends on subject
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    chapter: str
+    text: str
+    #: where the paper's value lives in data/paper/reference.yaml
+    ref: str
+    measure: str
+    test: str
+    judge: Callable[[Evidence], list[Finding]]
+    precondition: str = ""
+
+    @property
+    def paper(self) -> str:
+        val = reference.entry(self.ref).get("value", "per model, below")
+        return " to ".join(map(str, val)) if isinstance(val, list) else str(val)
+
+    @property
+    def source(self) -> str:
+        return reference.source(self.ref)
+
+    def rows(self, ev: Evidence) -> list[dict]:
+        out = []
+        for f in self.judge(ev):
+            if "{subject}" in self.text:
+                text = self.text.format(subject=f.subject)
+            else:
+                text = f"{self.text} ({f.subject})" if f.subject else self.text
+            test = self.test + (f"; precondition: {self.precondition}"
+                                if self.precondition else "")
+            out.append(dict(zip(COLUMNS, [self.chapter, text, f.paper or self.paper,
+                                          self.source, f.ours, test, str(f.verdict)],
+                                strict=True)))
+        return out
+
+
+# --- reading estimates off capacity summaries -----------------------------------------------
+
+def _se(sd: float, n: int) -> float:
+    return sd / math.sqrt(n) if n > 1 and sd == sd else float("nan")
+
+
+def bits_per_param(row: pd.Series, conv: bool = False) -> Estimate:
+    """A model's replicated bits per parameter (conv share for CNNs); a lower bound when its
+    peak is unbracketed, or, for a CNN, its training had not converged."""
+    n = int(row.get("replicates", 0) or 0)
+    col = "conv_bits_per_param" if conv else "bits_per_param"
+    sd = row.get(f"{col}_sd", float("nan"))
+    lower = not bool(row.get("bracketed", False)) or not bool(row.get("converged", True))
+    return Estimate(float(row[col]), _se(sd, n), max(n, 1) if n else 1, lower)
+
+
+def capacity(row: pd.Series) -> Estimate:
+    n = int(row.get("replicates", 0) or 0)
+    return Estimate(float(row.capacity_bits), _se(row.get("capacity_bits_sd", float("nan")), n),
+                    max(n, 1), not bool(row.get("bracketed", False)))
+
+
+def ratio(a: Estimate, b: Estimate) -> Estimate:
+    """a / b with relative errors added in quadrature; a lower bound of either side leaves
+    the ratio without a known direction, so it is marked as one too (inconclusive)."""
+    r = a.mean / b.mean
+    se = abs(r) * math.sqrt((a.se / a.mean) ** 2 + (b.se / b.mean) ** 2)
+    return Estimate(r, se, min(a.n, b.n), a.lower_bound or b.lower_bound)
+
+
+def _models(df: pd.DataFrame) -> str:
+    return ", ".join(df.model)
+
+
+def _why(e: Estimate, row: pd.Series | None = None) -> str:
+    """The reason an estimate is a lower bound, in words."""
+    if not e.lower_bound or row is None:
+        return ""
+    if not bool(row.get("bracketed", False)):
+        return "; peak not bracketed"
+    return "; not converged in training length"
+
+
+def family(df: pd.DataFrame, conv: bool = False) -> Estimate:
+    return v.mean_of([bits_per_param(r, conv) for _, r in df.iterrows()])
+
+
+# --- Mutual information -------------------------------------------------------------------
+
+MI_TOLERANCE = 0.02
+
+
+def _mi(ev: Evidence) -> list[Finding]:
+    rows = ev.mi_trained
+    if rows.empty:
+        return []
+    within = rows.gap_per_sample.abs() <= MI_TOLERANCE
+    worst = rows.loc[rows.gap_per_sample.abs().idxmax()]
+    ours = (f"largest |plug-in - Eq. (1)| {abs(worst.gap_per_sample):.4f} bits/sample (at "
+            f"N/P = {worst.n_per_param:.2g}, accuracy {worst.accuracy:.3f}); "
+            f"{int(within.sum())} of {len(rows)} trained nets within {MI_TOLERANCE}")
+    return [Finding(ours, v.all_hold(int(within.sum()), len(rows)))]
+
+
+# --- FCDNN capacity -----------------------------------------------------------------------
+
+def _fc_mean(ev: Evidence) -> list[Finding]:
+    if ev.fc.empty:
+        return []
+    e = family(ev.fc)
+    return [Finding(f"{e.text()} over {_models(ev.fc)}",
+                    v.within(e, reference.value("fcdnn.bits_per_param_mean"), 0.3))]
+
+
+FC_RANGE_SLACK = 0.2
+
+
+def _fc_range(ev: Evidence) -> list[Finding]:
+    if ev.fc.empty:
+        return []
+    lo, hi = reference.value("fcdnn.bits_per_param_range")
+    parts, outcomes = [], []
+    for _, r in ev.fc.iterrows():
+        e = bits_per_param(r)
+        parts.append(f"{r.model} {e.text().split(' (')[0]}")
+        outcomes.append(v.in_range(e, lo - FC_RANGE_SLACK, hi + FC_RANGE_SLACK))
+    return [Finding("; ".join(parts), _all(outcomes))]
+
+
+def _all(outcomes: list[Verdict]) -> Verdict:
+    """Every sub-verdict agrees: agrees; any differs: differs; else the first reason."""
+    if any(o.outcome == v.DIFFERS for o in outcomes):
+        return v.differs()
+    if outcomes and all(o.outcome == v.AGREES for o in outcomes):
+        return v.agrees()
+    return v.inconclusive(next((o.reason for o in outcomes if o.outcome == v.INCONCLUSIVE),
+                               "not measured"))
+
+
+def _fc_width(ev: Evidence) -> list[Finding]:
+    fc = ev.fc
+    if fc.empty or "width" not in fc:
+        return []
+    pairs = []
+    for _, g in fc.groupby("depth"):
+        by_w = {int(r.width): r for _, r in g.iterrows()}
+        pairs += [(by_w[w], by_w[2 * w]) for w in sorted(by_w) if 2 * w in by_w]
+    if not pairs:
+        return []
+    rs = [ratio(capacity(b), capacity(a)) for a, b in pairs]
+    e = v.mean_of(rs)
+    ours = (f"{e.text()} (capacity ratio, mean of {len(rs)} doublings: "
+            + ", ".join(f"{a.model} to {b.model}" for a, b in pairs) + ")")
+    return [Finding(ours, v.within(e, 4.0, 1.0))]
+
+
+def _fc_depth(ev: Evidence) -> list[Finding]:
+    fc = ev.fc
+    if fc.empty or "depth" not in fc:
+        return []
+    one = {int(r.width): r for _, r in fc[fc.depth == 1].iterrows()}
+    deeper = [r for _, r in fc[fc.depth > 1].iterrows() if int(r.width) in one]
+    if not deeper:
+        return []
+    rs = []
+    for r in deeper:
+        x = ratio(capacity(r), capacity(one[int(r.width)]))
+        rs.append(Estimate(x.mean / r.depth, x.se / r.depth, x.n, x.lower_bound))
+    e = v.mean_of(rs)
+    return [Finding(f"C(d) / (d C(1)) = {e.text()} over {', '.join(r.model for r in deeper)}",
+                    v.within(e, 1.0, 0.25))]
+
+
+# --- CNN capacity -------------------------------------------------------------------------
+
+CNN_TOLERANCE = 0.3
+
+
+def _cnn_models(ev: Evidence) -> list[Finding]:
+    out = []
+    table = reference.paper()["cnn"]["table1"]["models"]
+    for _, r in ev.cnn.iterrows():
+        e = bits_per_param(r, conv=True)
+        paper = table[r.model]["conv_bits_per_param"]
+        out.append(Finding(e.text() + _why(e, r), v.within(e, paper, CNN_TOLERANCE),
+                           f"model {r.model}", f"{paper} (model {r.model})"))
+    return out
+
+
+def _paper_conv_mean(models: list[str]) -> float:
+    table = reference.paper()["cnn"]["table1"]["models"]
+    return float(np.mean([table[m]["conv_bits_per_param"] for m in models]))
+
+
+def _cnn_mean(ev: Evidence) -> list[Finding]:
+    if ev.cnn.empty:
+        return []
+    e = family(ev.cnn, conv=True)
+    models = list(ev.cnn.model)
+    target = _paper_conv_mean(models)
+    paper = (f"{target:.2f} over the same models ({', '.join(models)}, Table 1); "
+             f"{reference.value('cnn.conv_bits_per_param_mean')} over all six")
+    return [Finding(f"{e.text()} over {', '.join(models)}",
+                    v.within(e, target, CNN_TOLERANCE), paper=paper)]
+
+
+def _cnn_vs_fc(ev: Evidence, fc: pd.DataFrame, label: str) -> list[Finding]:
+    if ev.cnn.empty or fc.empty:
+        return []
+    c, f = family(ev.cnn, conv=True), family(fc)
+    return [Finding(f"CNN {c.text()} vs FCDNN {f.text()} ({label}: {_models(fc)})",
+                    v.greater(c, f))]
+
+
+# --- RNN capacity -------------------------------------------------------------------------
+
+def _rnn_bpp(ev: Evidence) -> list[Finding]:
+    if ev.rnn.empty:
+        return []
+    paper_units = reference.value("rnn.model")["units"]
+    big = ev.rnn.loc[ev.rnn.params.idxmax()]
+    e = bits_per_param(big)
+    same = int(big.units) == paper_units
+    caveat = "" if same else (f"; caveat: size differs, ours has {int(big.units)} units, "
+                              f"the paper's {paper_units}")
+    return [Finding(f"{e.text()}{_why(e, big)} ({big.model}){caveat}",
+                    v.within(e, reference.value("rnn.bits_per_param"), 0.5))]
+
+
+def _rnn_size(ev: Evidence) -> list[Finding]:
+    if len(ev.rnn) < 2:
+        return []
+    lo = ev.rnn.loc[ev.rnn.bits_per_param.idxmin()]
+    hi = ev.rnn.loc[ev.rnn.bits_per_param.idxmax()]
+    e = ratio(bits_per_param(hi), bits_per_param(lo))
+    return [Finding(f"largest / smallest bits per parameter {e.text()} "
+                    f"({hi.model} / {lo.model})", v.within(e, 1.0, 0.25))]
+
+
+# --- All families -------------------------------------------------------------------------
+
+def _order(ev: Evidence) -> list[Finding]:
+    fams = [(n, family(df, conv=n == "CNN")) for n, df in
+            (("FCDNN", ev.fc), ("CNN", ev.cnn), ("LSTM", ev.rnn)) if not df.empty]
+    if len(fams) < 2:
+        return []
+    ours = " < ".join(f"{n} {e.text()}" for n, e in fams)
+    return [Finding(ours, v.ordered([e for _, e in fams]))]
+
+
+# --- Quantization -------------------------------------------------------------------------
+
+FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
+FULL, HALF_C, HALF_N = "N_at_max x 1", "C/2", "N_at_max/2"
+
+
+def bits_needed(g: pd.DataFrame) -> Bits:
+    """The most any of these settings needed (a loss even at the widest width wins)."""
+    widest = int(g.widest.max())
+    if g.fewest_lossless_bits.isna().any():
+        return Bits(None, widest)
+    return Bits(int(g.fewest_lossless_bits.max()), widest)
+
+
+def _quant_full(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    if t.empty:
+        return []
+    ref = reference.value("quantization.lossless_bits_full_capacity")
+    out = []
+    for fam, g in t[t.definition == FULL].groupby("family", sort=False):
+        b = bits_needed(g)
+        out.append(Finding(f"{b.text()} bits (the most any of {_models(g)} needed)",
+                           v.bits_match(b, ref[fam]), FAMILY_NAMES[fam], f"{ref[fam]} bits"))
+    return out
+
+
+def _quant_half(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    fc = t[(t.family == "fc") & (t.definition == HALF_C)] if len(t) else t
+    if fc.empty:
+        return []
+    b = bits_needed(fc)
+    ours_half = t[(t.family == "fc") & (t.definition == HALF_N)]
+    extra = (f"; at our N_at_max/2: {bits_needed(ours_half).text()} bits" if len(ours_half)
+             else "")
+    ref = reference.value("quantization.half_capacity_fc")
+    paper = (f"{ref['lossless_bits']} bits ({ref['depth']}x{ref['width']} FCDNN, C about "
+             f"{ref['capacity_bits']:,} bits, N = {ref['n_samples']:,})")
+    return [Finding(f"{b.text()} bits at N = C/2 ({_models(fc)}){extra}",
+                    v.bits_at_most(b, ref["lossless_bits"]), paper=paper)]
+
+
+def _quant_fewer_samples(ev: Evidence) -> list[Finding]:
+    t = ev.lossless
+    if t.empty:
+        return []
+    parts, outcomes = [], []
+    for model, g in t.groupby("model", sort=False):
+        g = g.sort_values("data_per_param")
+        pts = [(float(r.data_per_param),
+                Bits(None if r.fewest_lossless_bits != r.fewest_lossless_bits
+                     else int(r.fewest_lossless_bits), int(r.widest)))
+               for _, r in g.iterrows()]
+        outcomes.append(v.rises(pts))
+        parts.append(f"{model}: " + ", ".join(f"{b.text()} at N/P {x:.2g}" for x, b in pts))
+    k = sum(o.outcome == v.AGREES for o in outcomes)
+    return [Finding(f"bits rise with N/P in {k} of {len(outcomes)} models ("
+                    + "; ".join(parts) + ")", _all(outcomes))]
+
+
+FILL_LEAST_SLOPE = 0.5
+FILL_BAND = 0.25
+
+
+def _quant_fill_trend(ev: Evidence) -> list[Finding]:
+    nets = ev.fill[ev.fill.recipe == "ours"] if len(ev.fill) else ev.fill
+    if nets.empty:
+        return []
+    s = v.slope(nets.bits_per_param_float, nets.ranked_bits)
+    return [Finding(f"fewest lossless bits rise by {s.text(what='nets')} per bit stored per "
+                    f"parameter "
+                    f"(least squares over the FCDNNs of the fill sweep, our recipe, "
+                    f"{nets.bits_per_param_float.min():.2f} to "
+                    f"{nets.bits_per_param_float.max():.2f} bits per parameter)",
+                    v.trend_up(s, FILL_LEAST_SLOPE))]
+
+
+def _quant_operating_point(ev: Evidence) -> list[Finding]:
+    if ev.fill.empty:
+        return []
+    bpp = reference.value("fcdnn.bits_per_param_mean")
+    bits = reference.value("quantization.lossless_bits_full_capacity")["fc"]
+    near = ev.fill[(ev.fill.bits_per_param_float - bpp).abs() <= FILL_BAND]
+    k = int((near.ranked_bits <= bits).sum())
+    needed = ", ".join(f"{int(b)}" for b in sorted(near.ranked_bits)) or "none"
+    return [Finding(f"{k} of {len(near)} fill-sweep FCDNNs storing {bpp} +- {FILL_BAND} bits "
+                    f"per parameter are lossless at {bits} bits (bits they needed: {needed})",
+                    v.all_hold(k, len(near)))]
+
+
+# --- Real tasks ---------------------------------------------------------------------------
+
+#: a net is judged only when its float version is of useful quality (test set)
+MIN_TEST_ACCURACY = 0.9
+MAX_PERPLEXITY_OVER_UNIGRAM = 0.6
+REAL_TOLERANCE = 0.01  # "no loss": within 1 % (relative) of float
+REAL_PRECONDITION = (f"float test accuracy >= {MIN_TEST_ACCURACY} (classifiers), float test "
+                     f"perplexity <= {MAX_PERPLEXITY_OVER_UNIGRAM} x the unigram perplexity of "
+                     f"the same text (LMs)")
+REAL_FAMILY = {"mnist": "MNIST FCDNNs", "cifar": "CIFAR CNNs", "resnet": "ResNets",
+               "lm": "word-level LMs"}
+
+
+def useful(real: pd.DataFrame) -> pd.DataFrame:
+    """Per net: its float test quality and whether it meets the precondition."""
+    out = []
+    floats = real[real.bits.isna() & (real.split == "test")]
+    for (task, model), g in floats.groupby(["task", "model"], sort=False):
+        r = g.iloc[0]
+        if task == "lm":
+            base = r.get("unigram_perplexity", float("nan"))
+            ok = base == base and r.perplexity <= MAX_PERPLEXITY_OVER_UNIGRAM * base
+            quality = f"perplexity {r.perplexity:.0f} ({r.perplexity / base:.2f} x unigram)" \
+                if base == base else f"perplexity {r.perplexity:.0f} (no unigram baseline)"
+        else:
+            ok = r.accuracy >= MIN_TEST_ACCURACY
+            quality = f"accuracy {r.accuracy:.3f}"
+        out.append({"task": task, "model": model, "params": int(r.params), "useful": bool(ok),
+                    "quality": quality, "data": r.get("data", "")})
+    return pd.DataFrame(out, columns=["task", "model", "params", "useful", "quality", "data"])
+
+
+def fewest_bits(real: pd.DataFrame) -> pd.DataFrame:
+    """Per net and split: the fewest retrained bits within REAL_TOLERANCE of float (NaN when
+    even the widest lost), with the widest measured width."""
+    parts = [robustness(real[real.task == "lm"], "perplexity", REAL_TOLERANCE),
+             robustness(real[real.task != "lm"], "accuracy", REAL_TOLERANCE)]
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
+        len(p) for p in parts) else pd.DataFrame(columns=["task", "model", "split",
+                                                          "fewest_bits"])
+    out["widest"] = int(real.bits.max()) if real.bits.notna().any() else 0
+    return out
+
+
+def _real_bits(r: pd.Series) -> Bits:
+    b = r.fewest_bits
+    return Bits(None if b is None or b != b else int(b), int(r.widest))
+
+
+def _judged(ev: Evidence) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The nets that meet the precondition, their fewest bits, and a note on the others."""
+    q = useful(ev.real)
+    bits = fewest_bits(ev.real)
+    keep = q[q.useful]
+    bits = bits.merge(keep[["task", "model"]], on=["task", "model"])
+    left = q[~q.useful]
+    note = ("" if left.empty else "; not judged (below the precondition): " + ", ".join(
+        f"{r.model} ({r.quality})" for r in left.itertuples()))
+    return keep, bits, note
+
+
+def _real_test_vs_train(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    wide = {(r.task, r.model): {} for r in bits.itertuples()}
+    for r in bits.itertuples():
+        wide[(r.task, r.model)][r.split] = _real_bits(pd.Series(r._asdict()))
+    pairs = [(k, d) for k, d in wide.items() if {"train", "test"} <= set(d)]
+    ok = [d["test"].at_least <= d["train"].at_least for _, d in pairs]
+    return [Finding(f"the test set needs no more bits than the training set in {sum(ok)} of "
+                    f"{len(ok)} nets{note}", v.all_hold(sum(ok), len(ok)))]
+
+
+def _real_larger(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    test = bits[bits.split == "test"]
+    parts, ok = [], []
+    for task, g in test.groupby("task", sort=False):
+        if len(g) < 2:
+            continue
+        g = g.sort_values("params")
+        need = [_real_bits(r).at_least for _, r in g.iterrows()]
+        ok.append(all(b >= a for a, b in zip(need[1:], need, strict=False)))
+        parts.append(f"{REAL_FAMILY.get(task, task)}: " + ", ".join(
+            f"{r.model} {_real_bits(r).text()}" for _, r in g.iterrows()))
+    return [Finding(f"test bits fall or stay as nets grow in {sum(ok)} of {len(ok)} families "
+                    f"({'; '.join(parts)}){note}", v.all_hold(sum(ok), len(ok)))]
+
+
+def _real_mnist8(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    keep, _, note = _judged(ev)
+    width = reference.value("real_tasks.mnist_fcdnn_4bit_matches_float_from_width")
+    name = f"2x{width}"
+    r = ev.real
+    m = r[(r.task == "mnist") & (r.model == name) & (r.split == "test")]
+    q4 = m[(m.bits == 4) & m.retrained]
+    if m.empty or q4.empty or m[m.bits.isna()].empty:
+        return []
+    if not ((keep.task == "mnist") & (keep.model == name)).any():
+        return [Finding(f"{name} not judged{note}", v.inconclusive("precondition not met"))]
+    f, a = float(m[m.bits.isna()].accuracy.iloc[0]), float(q4.accuracy.iloc[0])
+    ok = a >= f * (1 - REAL_TOLERANCE)
+    return [Finding(f"test accuracy {a:.4f} at 4 bits against {f:.4f} in float (one seed)",
+                    v.agrees() if ok else v.differs())]
+
+
+def _real_6bits(ev: Evidence) -> list[Finding]:
+    if ev.real.empty:
+        return []
+    _, bits, note = _judged(ev)
+    out = []
+    for task in ("resnet", "lm"):
+        t = bits[(bits.task == task) & (bits.split == "test")]
+        if t.empty:
+            continue
+        worst = max((_real_bits(r) for _, r in t.iterrows()), key=lambda b: b.at_least)
+        out.append(Finding(f"{worst.text()} bits, the most any needed ({', '.join(t.model)}; "
+                           f"within 1 % of float){note}", v.bits_at_most(worst, 6),
+                           REAL_FAMILY[task], "6 bits"))
+    return out
+
+
+CLAIMS: list[Claim] = [
+    Claim("mi.eq1", "Mutual information",
+          "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
+          "labels", "mutual_information.formula",
+          "plug-in estimate of N I(Y; Y_hat) from each trained net's own answers on its "
+          "training set, FCDNNs from below to well past capacity",
+          f"|plug-in - Eq. (1)| <= {MI_TOLERANCE} bits per sample for every net", _mi),
+    Claim("fcdnn.mean", "FCDNN capacity", "bits per parameter, mean over architectures",
+          "fcdnn.bits_per_param_mean",
+          "replicated capacity (mean of fresh trainings at the search's bracketed peak) over "
+          "parameters, averaged over our architectures",
+          "mean +- 2 s.e. inside 2.3 +- 0.3 (agrees) or wholly outside (differs)", _fc_mean),
+    Claim("fcdnn.range", "FCDNN capacity", "every architecture stores 1.7 to 2.5 bits per "
+          "parameter", "fcdnn.bits_per_param_range", "replicated bits per parameter of "
+          "each architecture", f"each within the range widened by {FC_RANGE_SLACK}",
+          _fc_range),
+    Claim("fcdnn.width", "FCDNN capacity", "doubling the width multiplies what is memorized "
+          "by", "fcdnn.width_doubling_n_factor", "ratio of replicated capacities of "
+          "architectures of equal depth whose widths differ by 2x", "within 4 +- 1", _fc_width),
+    Claim("fcdnn.depth", "FCDNN capacity", "depth d memorizes d times what depth 1 does",
+          "fcdnn.depth_n_factor", "replicated capacity of depth d over d times that of "
+          "depth 1, same width", "within 1 +- 0.25", _fc_depth),
+    Claim("cnn.model", "CNN capacity", "conv bits per parameter (FC share at 2.3)",
+          "cnn.table1", "replicated capacity minus 2.3 bits per FC parameter, over conv "
+          "parameters", f"within the paper's value of the same model +- {CNN_TOLERANCE}",
+          _cnn_models),
+    Claim("cnn.mean", "CNN capacity", "conv bits per parameter, mean over models",
+          "cnn.conv_bits_per_param_mean", "mean of the models' replicated conv shares",
+          f"within the paper's mean over the same models +- {CNN_TOLERANCE}", _cnn_mean),
+    Claim("cnn.vs_fc", "CNN capacity", "a conv parameter stores more than an FC parameter",
+          "families.conv_above_fc", "conv share of our CNNs against our FCDNNs' bits "
+          "per parameter, each trained with its own chapter's recipe",
+          "CNN - FCDNN > 2 s.e. (agrees) or < -2 s.e. (differs)",
+          lambda ev: _cnn_vs_fc(ev, ev.fc, "own recipes")),
+    Claim("cnn.vs_fc.equal", "CNN capacity", "a conv parameter stores more than an FC "
+          "parameter, at equal effort", "families.conv_above_fc",
+          "conv share of our CNNs against FCDNNs trained with the CNNs' optimizer, learning "
+          "rate, batches and epochs", "CNN - FCDNN > 2 s.e. (agrees) or < -2 s.e. (differs)",
+          lambda ev: _cnn_vs_fc(ev, ev.fc_cnn_recipe, "CNN recipe")),
+    Claim("rnn.bpp", "RNN capacity", "bits per parameter of the LSTM", "rnn.bits_per_param",
+          "replicated capacity over parameters of our largest LSTM", "within 3.7 +- 0.5",
+          _rnn_bpp),
+    Claim("rnn.size", "RNN capacity", "bits per parameter does not depend on the LSTM's "
+          "size", "rnn.size_independent", "largest over smallest replicated bits per "
+          "parameter among our LSTMs", "within 1 +- 0.25", _rnn_size),
+    Claim("families.order", "All families", "bits per parameter grows FC < CNN < LSTM",
+          "families.order", "family means of replicated bits per parameter (conv share for "
+          "CNNs)", "each step up > 2 s.e. (agrees); a step down by > 2 s.e. (differs)",
+          _order),
+    Claim("quant.full", "Quantization", "{subject} at full capacity keeps its accuracy down to",
+          "quantization.lossless_bits_full_capacity",
+          "fewest bits at which the seeds' mean accuracy stays within the chapter's tolerance "
+          "of float, at that width and every wider one, progressive quantization with "
+          "retraining, N = N_at_max; the most any model of the family needed",
+          "equal to the paper's width within 1 bit", _quant_full),
+    Claim("quant.half", "Quantization", "an FCDNN at half capacity keeps every sample at 4 bits",
+          "quantization.half_capacity_fc", "as above, FCDNNs at the paper's half capacity, "
+          "N = C/2 (C the replicated capacity in bits)", "fewest lossless bits <= 4",
+          _quant_half),
+    Claim("quant.fewer_samples", "Quantization", "fewer samples per parameter need fewer bits",
+          "quantization.overparameterized_more_robust",
+          "fewest lossless bits of each model at every N it was trained at (a loss even at the "
+          "widest width counts as more bits, never as missing)",
+          "per model, never fewer bits at a larger N/P, and strictly more at the largest than "
+          "at the smallest", _quant_fewer_samples),
+    Claim("quant.fill", "Bits stored and bits needed", "the more a weight stores, the more "
+          "bits it needs",
+          "quantization.bits_follow_capacity_per_parameter",
+          "fill sweep: FCDNNs trained at N/P from 1 to 3, each net's float I/P against its own "
+          "fewest lossless bits", f"slope's interval above 0 (agrees) or below "
+          f"{FILL_LEAST_SLOPE} bits per bit per parameter (differs)", _quant_fill_trend),
+    Claim("quant.operating_point", "Bits stored and bits needed", "an FCDNN storing 2.3 bits "
+          "per parameter "
+          "keeps its accuracy at 6 bits", "quantization.fc_operating_point",
+          f"fill-sweep FCDNNs (both recipes) whose float I/P lies within {FILL_BAND} of 2.3",
+          "every one lossless at 6 bits", _quant_operating_point),
+    Claim("real.test_robust", "Real tasks", "the test set is more robust to quantization than "
+          "the training set", "real_tasks.test_more_robust_than_train",
+          "fewest retrained bits within 1 % of float on the test set and on the training set, "
+          "per net", "test needs no more bits than train in every net", _real_test_vs_train,
+          REAL_PRECONDITION),
+    Claim("real.larger_robust", "Real tasks", "larger nets are more robust",
+          "real_tasks.larger_nets_more_robust", "fewest test-set bits of the nets of one task, "
+          "smallest to largest", "never more bits for a larger net, in every task",
+          _real_larger, REAL_PRECONDITION),
+    Claim("real.mnist8", "Real tasks", "a 2-layer MNIST FCDNN of width 8 at 4 bits matches "
+          "float", "real_tasks.mnist_fcdnn_4bit_matches_float_from_width",
+          "test accuracy after progressive quantization to 4 bits with retraining",
+          "within 1 % of float", _real_mnist8, REAL_PRECONDITION),
+    Claim("real.6bits", "Real tasks", "{subject} keep their test performance at 6 bits",
+          "real_tasks.resnet_and_wlm_lossless_bits", "fewest retrained bits within 1 % of "
+          "float on the test set, the most any net of the task needed", "<= 6 bits",
+          _real_6bits, REAL_PRECONDITION),
+]
+
+
+def by_key(key: str) -> Claim:
+    return next(c for c in CLAIMS if c.key == key)
+
+
+def rows(ev: Evidence, chapter: str | None = None) -> pd.DataFrame:
+    """Every claim's findings (of one chapter, or all) as scorecard rows."""
+    out = [r for c in CLAIMS if chapter is None or c.chapter == chapter for r in c.rows(ev)]
+    return pd.DataFrame(out, columns=COLUMNS)
+
+
+def on_page(ev: Evidence, chapter: str) -> Markdown:
+    """A chapter's claims and verdicts, as its page shows them under its results."""
+    return Markdown(markdown(rows(ev, chapter)))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """Scorecard rows as the bullet list a chapter page shows under its results."""
+    return "\n".join(
+        f"- **{r['claim']}**: paper {r['paper says']} ({r['source']}); we measured "
+        f"{r['we measured']}. Test: {r['test']}. *{r['verdict']}*."
+        for _, r in table.iterrows())

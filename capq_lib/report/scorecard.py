@@ -1,0 +1,248 @@
+"""'Paper says / we measured': the chapters' comparison tables, and the scorecard.
+
+The claims themselves, their tests and verdicts, live in ``claims.py``; this module reads
+the cached results they judge (``evidence``) and builds the tables the pages show beside
+them. The intro page stacks every claim whose results exist, so the scorecard grows with
+the book.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from capq_lib.core import reference
+from capq_lib.core.info import conv_bits_per_parameter
+from capq_lib.experiments import fill, records, trained_mi
+from capq_lib.experiments.advise import measured
+from capq_lib.experiments.capacity import (
+    CNN_KIND,
+    FCDNN_CNN_RECIPE_KIND,
+    FCDNN_KIND,
+    RNN_KIND,
+    TRAINING_LENGTH_KIND,
+    capacity_by_length,
+    converged,
+)
+from capq_lib.experiments.records import summaries
+from capq_lib.experiments.results import ResultsCache
+from capq_lib.nets.models import CNNSpec, conv_reuse
+from capq_lib.report import claims
+from capq_lib.report.claims import Evidence
+
+#: the paper's bits per FC parameter, subtracted from a CNN's capacity for its conv share
+FC_ASSUMED = reference.value("cnn.fc_bits_per_param_assumed")
+
+
+def _pm(mean: pd.Series, sd: pd.Series, fmt: str) -> list[str]:
+    """'mean +- sd' cells; the sd left out where there is none (fewer than two replicates)."""
+    return [f"{m:{fmt}} \u00b1 {d:{fmt}}" if d == d else f"{m:{fmt}}"
+            for m, d in zip(mean, sd, strict=True)]
+
+
+def capacity_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: where the search's I peaked and whether that peak is bracketed, the search's
+    own maximum, and the capacity reported (the mean of fresh trainings of the winner)."""
+    s = summary
+    t = pd.DataFrame({
+        "model": s.model, "params": s.params.map("{:,}".format),
+        "N at peak": s.n_at_max.map("{:,}".format), "p at peak": s.p_at_max.map("{:.4f}".format),
+        "search max (bits)": s.capacity_bits_search_max.map("{:,.0f}".format),
+        "capacity (bits)": _pm(s.capacity_bits, s.capacity_bits_sd, ",.0f"),
+        "replicates": s.replicates,
+        "bits/param": _pm(s.bits_per_param, s.bits_per_param_sd, ".2f"),
+        "peak bracketed": np.where(s.bracketed, "yes", "no (lower bound)"),
+        "largest N trained (p)": [f"{n:,} ({p:.3f})" for n, p in
+                                  zip(s.n_grid_max, s.p_at_n_grid_max, strict=True)]})
+    return t
+
+
+def fcdnn_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """``capacity_table`` and whether each architecture lies in the paper's range."""
+    lo, hi = reference.value("fcdnn.bits_per_param_range")
+    t = capacity_table(summary)
+    t["in paper's range"] = np.where(summary.bits_per_param.between(lo, hi), "yes", "no")
+    return t
+
+
+def fcdnn_styled(summary: pd.DataFrame):
+    """``fcdnn_table`` for the page, the paper's values in the caption."""
+    lo, hi = reference.value("fcdnn.bits_per_param_range")
+    mean = reference.value("fcdnn.bits_per_param_mean")
+    where = reference.source("fcdnn.bits_per_param_range")
+    return (fcdnn_table(summary).style.hide(axis="index")
+            .set_caption(f"Capacity per architecture (mean \u00b1 standard deviation over "
+                         f"the replicates). Paper ({where}): {lo}-{hi} bits per parameter, "
+                         f"mean {mean}."))
+
+
+def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the recipe of the trial at the capacity, and whether the paper's search
+    ranges (lr 0.001-0.05, momentum 0.6-0.99) contain it."""
+    lr_lo, lr_hi = reference.value("fcdnn.lr_range")
+    m_lo, m_hi = reference.value("fcdnn.momentum_range")
+    search = trials[trials.stage < 5]
+    best = search.loc[search.groupby("model")["mutual_info"].idxmax()].set_index("model")
+    out = summary[["model"]].copy()
+    out["stage"] = [int(best.loc[m, "stage"]) for m in out.model]
+    out["lr"] = [best.loc[m, "lr"] for m in out.model]
+    out["momentum"] = [best.loc[m, "momentum"] for m in out.model]
+    out["N"] = [int(best.loc[m, "n_samples"]) for m in out.model]
+    out["lr in paper's range"] = np.where((out.lr >= lr_lo) & (out.lr <= lr_hi), "yes", "no")
+    out["momentum in paper's range"] = np.where(
+        (out.momentum >= m_lo) & (out.momentum <= m_hi), "yes", "no")
+    return out
+
+
+def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
+    """Table 1 regenerated: our replicated capacity and conv share beside the paper's.
+
+    The conv share subtracts the FC layer's capacity at 2.3 bits per parameter (the
+    paper's assumption) and, when ``fc_bits`` is given, at our own FCDNN measurement."""
+    ref = reference.paper()["cnn"]["table1"]["models"]
+    t = pd.DataFrame({"model": cnn.model, "params": cnn.params, "conv params": cnn.params_conv,
+                      "search max (bits)": cnn.capacity_bits_search_max.round().astype(int),
+                      "capacity (bits)": _pm(cnn.capacity_bits, cnn.capacity_bits_sd, ",.0f"),
+                      f"conv bits/param (FC at {FC_ASSUMED:g})": _pm(cnn.conv_bits_per_param,
+                                                         cnn.conv_bits_per_param_sd, ".2f")})
+    if fc_bits is not None:
+        t[f"conv bits/param (FC at our {fc_bits:.2f})"] = [
+            f"{conv_bits_per_parameter(c, f, v, fc_bits):.2f}"
+            for c, f, v in zip(cnn.capacity_bits, cnn.params_fc, cnn.params_conv, strict=True)]
+    t["peak bracketed"] = np.where(cnn.bracketed, "yes", "no")
+    if "converged" in cnn:
+        t["converged in epochs"] = np.where(cnn.converged, "yes", "no (lower bound)")
+    t["paper capacity"] = [ref[m]["capacity_bits"] for m in cnn.model]
+    t["paper conv bits/param"] = [ref[m]["conv_bits_per_param"] for m in cnn.model]
+    t["uses per conv weight"] = [round(conv_reuse(CNNSpec(m))) for m in cnn.model]
+    return t
+
+
+def rnn_table(rnn: pd.DataFrame) -> pd.DataFrame:
+    """Our LSTMs beside the paper's 32-unit one (Sec. 4.3)."""
+    t = capacity_table(rnn)
+    t.insert(1, "units", rnn.units.astype(int))
+    t["paper bits/param (32 units)"] = reference.value("rnn.bits_per_param")
+    return t
+
+
+def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
+             fc_cnn_recipe: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Bits per parameter per measured model and family (conv share for CNNs), with the
+    replicates' standard deviation and whether the value is a lower bound."""
+    parts = []
+    for name, df, col, ref in (
+            ("FCDNN", fc, "bits_per_param", reference.value("fcdnn.bits_per_param_mean")),
+            ("FCDNN, CNN recipe", fc_cnn_recipe, "bits_per_param",
+             reference.value("fcdnn.bits_per_param_mean")),
+            ("CNN", cnn, "conv_bits_per_param", reference.value("cnn.conv_bits_per_param_mean")),
+            ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param"))):
+        if df is not None and not df.empty:
+            lower = ~df.bracketed.astype(bool)
+            if "converged" in df:
+                lower |= ~df.converged.astype(bool)
+            parts.append(pd.DataFrame({"family": name, "model": df.model, "bits": df[col],
+                                       "sd": df[f"{col}_sd"], "lower_bound": lower,
+                                       "paper": ref}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["family", "model", "bits", "sd", "lower_bound", "paper"])
+
+
+FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
+
+
+def divergence_table(table: pd.DataFrame) -> pd.DataFrame:
+    """FCDNNs at full capacity: fewest lossless bits under each training recipe, step rule
+    and retraining length, beside the paper's 6."""
+    fc = table[(table.family == "fc") & (table.capacity_fraction == 1.0)].copy()
+    if fc.empty:
+        return fc
+    fc["quantization"] = [
+        "direct (no retraining)" if not r else f"progressive, {e} epochs retraining"
+        for r, e in zip(fc.retrained, fc.retrain_epochs, strict=True)]
+    fc["bits"] = [f">{int(w)}" if b != b else str(int(b))
+                  for b, w in zip(fc.fewest_lossless_bits, fc.widest, strict=True)]
+    out = fc.pivot_table(index=["recipe", "step_rule", "quantization"], columns="model",
+                         values="bits", aggfunc="first").reset_index()
+    acc = fc.pivot_table(index="recipe", columns="model", values="float_accuracy",
+                         aggfunc="first")
+    out.columns.name = None
+    out.insert(0, "float accuracy", [", ".join(f"{v:.3f}" for v in acc.loc[r])
+                                     for r in out.recipe])
+    out["paper"] = reference.value("quantization.lossless_bits_full_capacity")["fc"]
+    return out
+
+
+def divergence_verdicts(table: pd.DataFrame, step_rule: str, base_epochs: int) -> list[str]:
+    """One line per setting of the divergence study: each FCDNN's fewest lossless bits at
+    full capacity, and which of them reach the paper's 6 bits."""
+    fc = table[(table.family == "fc") & (table.capacity_fraction == 1.0)]
+    ours = fc.recipe == "ours"
+    settings = [
+        (f"Our recipe, progressive, {step_rule} rule", ours & fc.main),
+        ("Paper-range recipe, same quantization", (fc.recipe == "paper") & fc.main),
+        ("Our recipe, the other step rule", ours & fc.retrained & (fc.step_rule != step_rule)),
+        ("Our recipe, longer retraining", ours & (fc.retrain_epochs > base_epochs)),
+        ("Our recipe, direct quantization", ours & ~fc.retrained & (fc.step_rule == step_rule))]
+    target = reference.value("quantization.lossless_bits_full_capacity")["fc"]
+    lines = []
+    for label, mask in settings:
+        g = fc[mask]
+        if not len(g):
+            continue
+        bits = [(m, b, w) for m, b, w in zip(g.model, g.fewest_lossless_bits, g.widest,
+                                              strict=True)]
+        shown = ", ".join(f"{m} {'>' + str(int(w)) if b != b else int(b)}" for m, b, w in bits)
+        reach = [m for m, b, _ in bits if b == b and b <= target]
+        lines.append(f"- {label}: {shown} bits; reaches the paper's {target} bits for "
+                     f"{', '.join(reach) if reach else 'none'}.")
+    return lines
+
+
+def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> Evidence:
+    """Everything the claims judge, read from the cache (``profile`` None: every profile)."""
+    cache = cache or ResultsCache()
+    fc, cnn, rnn, fc_cnn = (summaries(k, profile, cache) for k in
+                            (FCDNN_KIND, CNN_KIND, RNN_KIND, FCDNN_CNN_RECIPE_KIND))
+    lengths = training_lengths(profile, cache)
+    if len(cnn) and len(lengths):
+        done = converged(capacity_by_length(lengths))
+        cnn["converged"] = [done.get(m, {}).get("converged", True) for m in cnn.model]
+    real = records.rows("real-tasks", profile, cache)
+    real = pd.DataFrame(real).drop_duplicates(["task", "model", "bits", "retrained", "split"],
+                                              keep="last") if real else pd.DataFrame()
+    return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
+                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths,
+                    lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache),
+                    real=real)
+
+
+def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
+    """The CNN chapter's training-length rows (capacity against epochs) under ``profile``."""
+    return pd.DataFrame(records.rows(TRAINING_LENGTH_KIND, profile, cache))
+
+
+def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
+    """Every claim with results under ``profile``, from the cache."""
+    return claims.rows(evidence(profile, cache))
+
+
+def bounds_text(summary: pd.DataFrame) -> str:
+    """Which capacities are maxima and which only lower bounds, and why, in a sentence."""
+    if summary.empty:
+        return "No capacity was measured."
+    parts = []
+    for _, r in summary.iterrows():
+        why = []
+        if not bool(r.get("bracketed", False)):
+            why.append(f"its peak is not bracketed (the largest N trained, {r.n_grid_max:,}, "
+                       f"was still memorized to p = {r.p_at_n_grid_max:.3f})")
+        if not bool(r.get("converged", True)):
+            why.append("a longer training still stored more")
+        reps = int(r.get("replicates", 0) or 0)
+        spread = (f"{r.capacity_bits:,.0f} \u00b1 {r.capacity_bits_sd:,.0f} bits over {reps} "
+                  f"replicates" if reps > 1 else f"{r.capacity_bits:,.0f} bits")
+        parts.append(f"{r.model} ({spread}; search maximum {r.capacity_bits_search_max:,.0f})"
+                     + (": a lower bound, as " + " and ".join(why) if why else
+                        ": a bracketed maximum"))
+    return "; ".join(parts) + "."
