@@ -126,14 +126,25 @@ def execution_order(notebooks: list[Path]) -> list[Path]:
     return notebooks[1:] + notebooks[:1]
 
 
-def chapter_needs(notebooks: list[Path], root: Path = BOOK_ROOT) -> dict[str, set[str]]:
+def chapter_needs(notebooks: list[Path], root: Path = BOOK_ROOT,
+                  prof: profiles.Profile | None = None) -> dict[str, set[str]]:
     """Which chapters must finish before each one starts: those named in its metadata
-    (``capq.needs``, results it reads), and for the root page every other chapter."""
+    (``capq.needs``, results it reads), and for the root page every other chapter. A need
+    listed in ``capq.needs_if`` (chapter -> parameter) holds only when that parameter of the
+    chapter, under ``prof`` (else the notebook's default), is not empty: quantization waits
+    for the CNN chapter only if it quantizes CNNs."""
     names = [nb.stem for nb in notebooks]
     needs = {}
     for nb in notebooks:
         meta = nbformat.read(root / nb, as_version=4).metadata.get("capq", {})
-        needs[nb.stem] = set(meta.get("needs", [])) & set(names)
+        wanted = set(meta.get("needs", []))
+        for other, param in meta.get("needs_if", {}).items():
+            value = (prof.chapters.get(nb.stem, {}) if prof else {}).get(param)
+            if value is None:
+                value = notebook_defaults(root / nb).get(param)
+            if not value:
+                wanted.discard(other)
+        needs[nb.stem] = wanted & set(names)
     needs[names[0]] = set(names[1:])
     return needs
 
@@ -370,7 +381,7 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
         for nb in todo:
             runs[nb.stem] = run_chapter(nb, stage, prof, device)
     else:
-        needs = chapter_needs(notebooks)
+        needs = chapter_needs(notebooks, prof=prof)
         runs.update(run_parallel(todo, needs, stage, prof, device, jobs,
                                  critical_paths(needs, chapter_costs(notebooks))))
     report.notebooks = [runs[nb.stem] for nb in execution_order(notebooks)]
