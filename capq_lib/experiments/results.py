@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from capq_lib import __version__
+from capq_lib.core.digests import file_digest
 from capq_lib.core.paths import CHECKOUT, PROJECT_ROOT, workspace
 
 #: bump when a change in the code makes earlier records wrong
@@ -50,11 +51,7 @@ REQUIRED = ("kind", "key", "config", "result", "provenance")
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:

@@ -16,7 +16,6 @@ same code reads downloaded files, a local copy, and the small files the tests wr
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
 import tarfile
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from capq_lib.core import validate
+from capq_lib.core.digests import file_digest
 from capq_lib.core.paths import workspace
 from capq_lib.core.progress import bar as progress_bar
 
@@ -77,11 +77,7 @@ def data_dir() -> Path:
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, digests: Sequence[str], retries: int = 3,
