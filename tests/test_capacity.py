@@ -110,3 +110,24 @@ def test_bracketing_n_is_the_peak_and_the_next_lower_point_above():
                                                                              120]})
     assert bracketing_n(curve, 200) == [200, 300]
     assert bracketing_n(curve, 400) == [400]
+
+
+def test_every_training_length_is_in_the_cache_for_the_scorecard(cache):
+    """The chapter's own length (factor 1) reuses the replicates without training; its rows
+    are recorded too, so that the intro's scorecard judges convergence as the page does."""
+    from capq_lib.experiments.capacity import (
+        capacity_by_length,
+        converged,
+        measure_training_length,
+    )
+    from capq_lib.report.scorecard import training_lengths
+
+    study = FCDNNCapacityStudy(**{**TINY, "epochs": 30, "stage3_trials": 1,
+                                  "bracket_trials": 0})
+    result = measure_capacity(study, device="cpu", cache=cache, progress=False)
+    page = measure_training_length(study, result, [0.5, 1], 0, device="cpu", cache=cache,
+                                   progress=False)
+    cached = training_lengths("test", cache)
+    assert sorted(cached.factor.unique()) == sorted(page.factor.unique()) == [0.5, 1.0]
+    assert len(cached) == len(page)
+    assert converged(capacity_by_length(cached)) == converged(capacity_by_length(page))

@@ -184,21 +184,22 @@ def measure_training_length(study: CapacityStudy, result: CapacityResult,
         config = {"search": study.search_config(), "model": spec.name, "epochs": epochs,
                   "nets": train, "lr": row["lr_at_max"], "momentum": row["momentum_at_max"],
                   "decay_factor": row["decay_at_max"]}
+        if reused:  # the record holds them too, so readers of the cache see every length
+            config["reused"] = [[r["n_samples"], r["seed"]] for r in reused]
 
-        def run(spec=spec, recipe=recipe, train=train, base_row=base_row) -> dict:
+        def run(spec=spec, recipe=recipe, train=train, base_row=base_row,
+                reused=reused) -> dict:
             members = [Member(n, s, s, recipe) for n, s in train]
-            out = train_members(spec, members, dev)
-            return {"profile": study.profile, "rows": [
+            out = train_members(spec, members, dev) if members else None
+            return {"profile": study.profile, "rows": reused + [
                 {**base_row, "n_samples": m.n_samples, "seed": m.data_seed,
                  "accuracy": o.accuracy, "epochs_run": o.epochs_run,
                  "mutual_info": float(mutual_information(m.n_samples, o.accuracy))}
-                for m, o in zip(members, out.members, strict=True)]}
+                for m, o in zip(members, out.members if out else [], strict=True)]}
 
         bar.set_postfix_str(f"{spec.name} x{factor:g}")
-        rows += reused
-        if train:
-            record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
-            rows += record["result"]["rows"]
+        record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
+        rows += record["result"]["rows"]
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)

@@ -76,7 +76,10 @@ def load(name_or_path: str) -> Profile:
         raise ConfigError(f"profile file {path} is not text (UTF-8 YAML); is it the right "
                           f"file?") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"profile file {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where_ = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"profile file {path} is not valid YAML{where_}: {what}") from None
     where = f"profile file {path}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with keys description, timeout_s, "
