@@ -137,3 +137,41 @@ def test_published_pages_and_notebooks_name_no_path_of_the_building_machine(smok
             text = f.read_text(errors="replace")
             found = [p for p in paths if p in text]
             assert not found, f"{f.relative_to(html)} names {found}"
+
+
+@pytest.mark.slow
+def test_every_chapter_has_working_launch_buttons(smoke_book):
+    import yaml
+
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    slug = repo.removeprefix("https://github.com/")
+    for chapter in CHAPTERS:
+        html = (smoke_book / "_build" / "html" / "book" / f"{chapter}.html").read_text()
+        binder = f"https://mybinder.org/v2/gh/{slug}/main?urlpath=lab/tree/book/{chapter}.ipynb"
+        colab = f"https://colab.research.google.com/github/{slug}/blob/main/book/{chapter}.ipynb"
+        assert binder in html, chapter
+        assert colab in html, chapter
+    assert (ROOT / "binder" / "postBuild").stat().st_mode & 0o111
+    assert "pip install" in (ROOT / "binder" / "postBuild").read_text()
+
+
+@pytest.mark.slow
+def test_numbered_references_the_about_page_and_the_chapter_list(smoke_book):
+    html_dir = smoke_book / "_build" / "html" / "book"
+    mi = (html_dir / "mutual-information.html").read_text()
+    assert re.search(r'<span class="eqno">\(1\)', mi)  # the equation is numbered
+    intro = (html_dir / "intro.html").read_text()
+    assert re.search(r'href="mutual-information.html#equation-eq-mi"', intro)
+    fc = (html_dir / "fcdnn-capacity.html").read_text()
+    assert re.search(r"Fig\. \d+", fc) and 'href="#fig-fc-width"' in fc
+    for chapter in CHAPTERS:
+        if chapter != "intro":
+            assert f'href="{chapter}.html"' in intro, chapter
+        page = (html_dir / f"{chapter}.html").read_text()
+        assert 'href="about-this-build.html"' in page, chapter
+    about = (html_dir / "about-this-build.html").read_text()
+    for field in ("smoke@", "torch", "numpy", "scipy", "optuna", "plotly", "git commit",
+                  "fcdnn-capacity", "date (UTC)", "device"):
+        assert field in about, field
+    assert "openreview.net/forum?id=HylIcj0qFQ" in intro or "openreview.net" in (
+        html_dir / "mutual-information.html").read_text()

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from capq_lib.core.paths import PROJECT_ROOT
+from capq_lib.core.paths import BOOK_ROOT
 
-REFERENCE_FILE = PROJECT_ROOT / "data" / "paper" / "reference.yaml"
+REFERENCE_FILE = BOOK_ROOT / "data" / "paper" / "reference.yaml"
 
 
 @functools.cache

@@ -16,6 +16,8 @@ live explorer.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -275,6 +277,8 @@ def capacity_point(study: QuantizationStudy, unit: Unit,
                              None if c is None else float(c))
     rows = records.summaries(CAPACITY_EXPERIMENT[unit.family], study.profile, cache)
     rows = rows[rows.model == name] if len(rows) else rows
+    if not len(rows) and os.environ.get("CAPQ_BATCH") != "1":
+        return paper_point(unit)
     if not len(rows):
         raise validate.ConfigError(
             f"no capacity measured for {unit.family} model {name} under profile "
@@ -287,6 +291,25 @@ def capacity_point(study: QuantizationStudy, unit: Unit,
                          float(lr) if lr is not None and lr == lr else None)
 
 
+
+
+def paper_point(unit: Unit) -> CapacityPoint:
+    """Where the capacity chapter has not run (a fresh kernel: Colab, Binder), the capacity
+    the paper reports for this kind of model (its bits per parameter x P, or Table 1's
+    capacity for a CNN), so that the page and its explorer work at once; said loudly, and
+    never used by a book build (``CAPQ_BATCH``), which needs the measured capacity."""
+    spec, paper = unit.spec, reference.paper()
+    if unit.family == "cnn" and spec.name in paper["cnn"]["table1"]["models"]:
+        bits = float(paper["cnn"]["table1"]["models"][spec.name]["capacity_bits"])
+    else:
+        per = {"fc": "fcdnn.bits_per_param_mean", "rnn": "rnn.bits_per_param"}
+        bits = float(reference.value(per.get(unit.family, "fcdnn.bits_per_param_mean"))
+                     ) * spec.n_params
+    warnings.warn(f"no capacity measured for {spec.name} here: using the paper's "
+                  f"{bits:,.0f} bits (N_at_max taken as that many samples); run the "
+                  f"{CAPACITY_EXPERIMENT[unit.family]} notebook first for measured values",
+                  stacklevel=2)
+    return CapacityPoint(max(2, round(bits)), bits, None)
 
 
 def evaluate_quantized(spec: ModelSpec, nets: Sequence[nn.Module], x: torch.Tensor,

@@ -647,7 +647,19 @@ def data_statement(rows: pd.DataFrame) -> str:
                    f"{_epochs(r.retrain_epochs)} at learning rate {_rate(r.retrain_lr)} after "
                    f"each step down the widths.")
         lines.append(f"- *{FAMILY.get(task, task)}* ({', '.join(g.model)}): {r.data}.{how}")
+    missing = [name for name, words in FETCH_HINTS.items()
+               if any(w in str(d) for d in floats.data for w in words)]
+    if missing:
+        lines.append(f"\nWhat stands in above is the data that was missing here: "
+                     f"`capq data fetch {' '.join(sorted(set(missing)))}` downloads it "
+                     f"(checked by MD5) on a machine that is online; then rebuild this chapter.")
     return "\n".join(lines)
+
+
+#: words of a data sentence that mean a dataset (or its training split) was missing
+FETCH_HINTS = {"cifar10": ("CIFAR-10 is not available",),
+               "mnist": ("MNIST training split is not available",),
+               "ptb": ("the training split is not available",)}
 
 
 def quality(rows: pd.DataFrame) -> pd.DataFrame:

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from capq_lib import __version__
-from capq_lib.core.paths import PROJECT_ROOT
+from capq_lib.core.digests import file_digest
+from capq_lib.core.paths import CHECKOUT, PROJECT_ROOT, workspace
 
 #: bump when a change in the code makes earlier records wrong
 SCHEMA = 1
@@ -50,11 +51,7 @@ REQUIRED = ("kind", "key", "config", "result", "provenance")
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
@@ -77,7 +74,7 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
 
 def results_dir() -> Path:
     """``$CAPQ_RESULTS_DIR`` if set, else ``data/results`` in the project."""
-    return Path(os.environ.get("CAPQ_RESULTS_DIR") or PROJECT_ROOT / "data" / "results")
+    return Path(os.environ.get("CAPQ_RESULTS_DIR") or workspace() / "results")
 
 
 def config_key(kind: str, config: dict[str, Any]) -> str:
@@ -88,7 +85,10 @@ def config_key(kind: str, config: dict[str, Any]) -> str:
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the project checkout, with '+dirty' when tracked files changed."""
+    """The commit of the project checkout, with '+dirty' when tracked files changed (None
+    for an installed package: its version says what it is)."""
+    if not CHECKOUT:
+        return None
     try:
         run = functools.partial(subprocess.run, cwd=PROJECT_ROOT, capture_output=True,
                                 text=True, timeout=10, check=True)

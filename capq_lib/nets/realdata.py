@@ -16,12 +16,11 @@ same code reads downloaded files, a local copy, and the small files the tests wr
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,9 @@ import numpy as np
 import torch
 
 from capq_lib.core import validate
-from capq_lib.core.paths import PROJECT_ROOT
+from capq_lib.core.digests import file_digest
+from capq_lib.core.paths import workspace
+from capq_lib.core.progress import bar as progress_bar
 
 
 class DataError(validate.ConfigError):
@@ -72,34 +73,72 @@ FILES: dict[str, Remote] = {
 
 def data_dir() -> Path:
     """``$CAPQ_DATA_DIR`` if set, else ``data/`` in the project."""
-    return Path(os.environ.get("CAPQ_DATA_DIR") or PROJECT_ROOT / "data")
+    return Path(os.environ.get("CAPQ_DATA_DIR") or workspace())
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
-def download(url: str, dest: Path, digests: Sequence[str]) -> Path:
-    """Fetch ``url`` to ``dest`` through a temporary file in the same folder; the file only
-    takes its name once its MD5 is one of ``digests``."""
+def download(url: str, dest: Path, digests: Sequence[str], retries: int = 3,
+             progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` through a temporary file in the same folder, with a progress
+    bar and up to ``retries`` further tries after a network error (waiting 2, 4, 8 s); the
+    file only takes its name once its MD5 is one of ``digests`` (a wrong file is deleted,
+    and not tried again: a mirror that serves it would serve it again)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
-            shutil.copyfileobj(src, out)
-        got = md5(Path(tmp))
-        if got not in digests:
-            raise DataError(f"{url} failed its checksum: MD5 {got}, expected {digests[0]}; "
-                            f"the download was deleted")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    for attempt in range(retries + 1):
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+                total = int(src.headers.get("Content-Length") or 0) or None
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                  disable=not progress, leave=False) as bar:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            got = md5(Path(tmp))
+            if got not in digests:
+                raise DataError(f"{url} failed its checksum: MD5 {got}, expected {digests[0]}; "
+                                f"the download was deleted")
+            os.replace(tmp, dest)
+            return dest
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            if attempt == retries or not url.startswith(("http:", "https:")):
+                raise
+            time.sleep(2 ** (attempt + 1))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    raise AssertionError("unreachable")
+
+
+#: the files of each dataset, for ``capq data fetch``
+DATASETS = {"mnist": [n for n in FILES if n.startswith("mnist/")],
+            "cifar10": ["cifar10/cifar-10-python.tar.gz"],
+            "ptb": [n for n in FILES if n.startswith("ptb/")]}
+
+
+def fetch_dataset(name: str, root: Path | None = None, mirror: str | None = None,
+                  retries: int = 3, progress: bool = True) -> list[Path]:
+    """Every file of dataset ``name`` (or "all") under ``root``, verified; missing ones are
+    downloaded (from ``mirror`` + their path, when given, e.g. ``file:///srv/data/``)."""
+    validate.choice("dataset", name, [*DATASETS, "all"])
+    validate.integer("retries", retries, lo=0, hi=10)
+    root = root or data_dir()
+    out = []
+    for rel in (n for d in (DATASETS if name == "all" else [name]) for n in DATASETS[d]):
+        path = root / rel
+        if path.exists():
+            out.append(verify(path, rel, FILES[rel].md5))
+            continue
+        url = mirror.rstrip("/") + "/" + rel if mirror else FILES[rel].url
+        try:
+            out.append(download(url, path, FILES[rel].md5, retries, progress))
+        except OSError as err:
+            raise DataError(f"{rel} could not be downloaded from {url} ({err})") from None
+    return out
 
 
 #: digests of the files inside CIFAR-10's archive, from the dataset's own release (the same
@@ -164,7 +203,8 @@ def fetch(name: str, root: Path | None = None, online: bool = True) -> Path:
     if path.exists():
         return verify(path, name, remote.md5)
     if not online:
-        raise DataError(f"{path} is missing and downloads are off; put the file there or "
+        raise DataError(f"{path} is missing and downloads are off; `capq data fetch "
+                        f"{name.split('/')[0]}` downloads it (where the machine is online), or "
                         f"point CAPQ_DATA_DIR at a folder that has it")
     try:
         return download(remote.url, path, remote.md5)

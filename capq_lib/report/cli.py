@@ -16,6 +16,7 @@ from capq_lib.core.validate import ConfigError
 from capq_lib.experiments import records
 from capq_lib.experiments.advise import advise, measured
 from capq_lib.experiments.search import STUDIES, run_worker
+from capq_lib.nets import realdata
 from capq_lib.report import profiles
 from capq_lib.report.runner import build, toc_notebooks
 
@@ -113,6 +114,15 @@ def params_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_command(args: argparse.Namespace) -> int:
+    """Download (or check) datasets ahead of a long run."""
+    paths = realdata.fetch_dataset(args.dataset, mirror=args.mirror, retries=args.retries)
+    for p in paths:
+        print(f"  ok  {p}")
+    print(f"capq data: {len(paths)} file(s) of {args.dataset} present and verified (MD5)")
+    return 0
+
+
 def advise_command(args: argparse.Namespace) -> int:
     """Recommend bits per weight from the quantization chapter's measurements."""
     advice = advise(args.family, args.params, args.samples, measured(args.profile))
@@ -160,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default=None, help="only records made under this profile")
     r.add_argument("--format", choices=("json", "csv"), default="json")
 
+    d = sub.add_parser("data", help="fetch the real datasets ahead of a run")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    df = dsub.add_parser("fetch", help="download what is missing under $CAPQ_DATA_DIR and "
+                                       "check every file's MD5")
+    df.add_argument("dataset", nargs="?", default="all", metavar="DATASET",
+                    help=f"one of {', '.join(realdata.DATASETS)} or all (default)")
+    df.add_argument("--mirror", default=None,
+                    help="fetch from this URL prefix + the file's path (e.g. file:///srv/data)")
+    df.add_argument("--retries", type=int, default=3,
+                    help="further tries after a network error (default 3)")
+
     pp = sub.add_parser("params", help="a chapter's parameters under a profile, as YAML for "
                                        "papermill -f")
     pp.add_argument("chapter", metavar="CHAPTER", help="a chapter of the book (notebook stem)")
@@ -193,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return advise_command(args)
         if args.command == "params":
             return params_command(args)
+        if args.command == "data":
+            return data_command(args)
         print(format_rows(result_rows(args.name, args.profile), args.format), end="\n")
         return 0
     except ConfigError as err:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-from plotly.io._base_renderers import MimetypeRenderer
+from plotly.io.base_renderers import MimetypeRenderer
 from plotly.subplots import make_subplots
 
 from capq_lib.core import reference

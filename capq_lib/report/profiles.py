@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from capq_lib.core.paths import PROJECT_ROOT
+from capq_lib.core.paths import BOOK_ROOT
 from capq_lib.core.validate import ConfigError
 
-PROFILE_DIR = PROJECT_ROOT / "book" / "profiles"
+PROFILE_DIR = BOOK_ROOT / "book" / "profiles"
 #: parameters every chapter takes; the runner sets them
 COMMON_PARAMETERS = ("profile", "device")
 

@@ -27,11 +27,11 @@ import plotly
 import yaml
 
 from capq_lib.core import validate
-from capq_lib.core.devices import resolve_device
-from capq_lib.core.paths import PROJECT_ROOT
+from capq_lib.core.devices import describe, resolve_device
+from capq_lib.core.paths import BOOK_ROOT, CHECKOUT, PROJECT_ROOT
 from capq_lib.core.validate import ConfigError
 from capq_lib.experiments import records
-from capq_lib.report import profiles
+from capq_lib.report import about, profiles
 from capq_lib.report.chapters import CONFIGURE, configure, defaults
 
 #: files and folders of the book that are copied to the stage as they are
@@ -58,13 +58,15 @@ class BuildReport:
     html_index: str
     notebooks: list[NotebookRun] = field(default_factory=list)
     book_seconds: float = 0.0
+    #: device in words, versions, commit, date (the "About this build" page shows them)
+    provenance: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> list[str]:
         return [n.chapter for n in self.notebooks if n.status == "failed"]
 
 
-def toc_notebooks(root: Path = PROJECT_ROOT) -> list[Path]:
+def toc_notebooks(root: Path = BOOK_ROOT) -> list[Path]:
     """Notebooks of the table of contents, root first, as paths relative to ``root``."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     files = [toc["root"]]
@@ -84,6 +86,19 @@ def toc_notebooks(root: Path = PROJECT_ROOT) -> list[Path]:
             .is_file()]
 
 
+def contents(root: Path = BOOK_ROOT) -> str:
+    """The book's chapters as a Markdown list, from the table of contents: each notebook's
+    title (its first heading) linked, with the summary in its metadata (``capq.summary``)."""
+    lines = []
+    for nb_path in toc_notebooks(root)[1:]:
+        nb = nbformat.read(root / nb_path, as_version=4)
+        title = next((line[2:].strip() for c in nb.cells if c.cell_type == "markdown"
+                      for line in c.source.splitlines() if line.startswith("# ")), nb_path.stem)
+        summary = nb.metadata.get("capq", {}).get("summary", "")
+        lines.append(f"- [{title}]({nb_path.name})" + (f": {summary}" if summary else ""))
+    return "\n".join(lines)
+
+
 def notebook_defaults(path: Path) -> dict[str, object]:
     """Names and default values of the notebook's cell tagged ``parameters``."""
     return defaults(papermill.inspect_notebook(str(path)))
@@ -99,7 +114,7 @@ def check_values(prof: profiles.Profile, chapters: dict[str, Path], device: str)
     so that a bad value stops the build before any notebook runs."""
     for chapter, nb in chapters.items():
         if chapter in CONFIGURE:
-            ns = {**notebook_defaults(PROJECT_ROOT / nb), **prof.parameters(chapter, device)}
+            ns = {**notebook_defaults(BOOK_ROOT / nb), **prof.parameters(chapter, device)}
             try:
                 configure(chapter, ns)
             except ConfigError as err:
@@ -111,7 +126,7 @@ def execution_order(notebooks: list[Path]) -> list[Path]:
     return notebooks[1:] + notebooks[:1]
 
 
-def chapter_needs(notebooks: list[Path], root: Path = PROJECT_ROOT,
+def chapter_needs(notebooks: list[Path], root: Path = BOOK_ROOT,
                   prof: profiles.Profile | None = None) -> dict[str, set[str]]:
     """Which chapters must finish before each one starts: those named in its metadata
     (``capq.needs``, results it reads), and for the root page every other chapter. A need
@@ -134,7 +149,7 @@ def chapter_needs(notebooks: list[Path], root: Path = PROJECT_ROOT,
     return needs
 
 
-def chapter_costs(notebooks: list[Path], root: Path = PROJECT_ROOT) -> dict[str, float]:
+def chapter_costs(notebooks: list[Path], root: Path = BOOK_ROOT) -> dict[str, float]:
     """Each chapter's rough cost (``capq.cost`` in its metadata: minutes on one core under
     the quick profile; 1 when unstated), used only to order what runs first."""
     return {nb.stem: float(nbformat.read(root / nb, as_version=4).metadata.get("capq", {})
@@ -177,23 +192,20 @@ def stage_sources(stage: Path) -> None:
     """Mirror the book's sources into the stage (executed notebooks are overwritten later)."""
     stage.mkdir(parents=True, exist_ok=True)
     for name in BOOK_FILES:
-        src, dst = PROJECT_ROOT / name, stage / name
+        src, dst = BOOK_ROOT / name, stage / name
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
         else:
             shutil.copy2(src, dst)
-    for nb in (PROJECT_ROOT / "book").rglob("*.ipynb"):
-        target = stage / nb.relative_to(PROJECT_ROOT)
+    for nb in (BOOK_ROOT / "book").rglob("*.ipynb"):
+        target = stage / nb.relative_to(BOOK_ROOT)
         if not target.exists():  # a chapter not executed in this run keeps its last output
             shutil.copy2(nb, target)
     url = os.environ.get("CAPQ_REPOSITORY_URL")
-    if url:
+    if url:  # a fork's own address for its launch and repository buttons
         config = yaml.safe_load((stage / "_config.yml").read_text())
         config.setdefault("repository", {})["url"] = url
-        config.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True)
-        config.setdefault("launch_buttons", {}).update(
-            binderhub_url="https://mybinder.org", colab_url="https://colab.research.google.com")
         (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -241,7 +253,8 @@ def machine_paths(stage: Path) -> list[tuple[str, str]]:
     what a published page says instead."""
     out = stage.parent.parent
     found = {str(stage.resolve()): ".", str(stage): ".", str(out.resolve()): "<output>",
-             str(out): "<output>", str(PROJECT_ROOT): "<project>", sys.prefix: "<python>",
+             str(out): "<output>", str(PROJECT_ROOT): "<project>", str(BOOK_ROOT): "<book>",
+             sys.prefix: "<python>",
              sys.base_prefix: "<python>", str(Path.home()): "~"}
     for var in ("CAPQ_RESULTS_DIR", "CAPQ_DATA_DIR", "TMPDIR"):
         if os.environ.get(var):
@@ -286,7 +299,7 @@ def run_chapter(nb: Path, stage: Path, prof: profiles.Profile, device: str,
     print(f"[capq] executing {nb} (profile {prof.name}, device {device})", flush=True)
     start, started = time.perf_counter(), time.time()
     try:
-        execute(PROJECT_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s,
+        execute(BOOK_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s,
                 threads)
         tidy_parameters(stage / nb, prof, stage)
         run = NotebookRun(chapter, "ok", time.perf_counter() - start)
@@ -335,14 +348,14 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
     ``jobs`` > 1 runs independent chapters side by side."""
     prof = profiles.load(profile)
     resolve_device(device)  # fail now, not inside every notebook
-    out = Path(output) if output is not None else PROJECT_ROOT
+    out = Path(output) if output is not None else (PROJECT_ROOT if CHECKOUT else Path.cwd())
     stage = out / "_build" / "stage"
     notebooks = toc_notebooks()
     chapters = {nb.stem: nb for nb in notebooks}
-    profiles.check_against(prof, {c: notebook_parameters(PROJECT_ROOT / nb)
+    profiles.check_against(prof, {c: notebook_parameters(BOOK_ROOT / nb)
                                   for c, nb in chapters.items()})
     for nb in chapters.values():
-        missing = set(profiles.COMMON_PARAMETERS) - notebook_parameters(PROJECT_ROOT / nb)
+        missing = set(profiles.COMMON_PARAMETERS) - notebook_parameters(BOOK_ROOT / nb)
         if missing:
             raise ConfigError(f"notebook {nb} lacks parameter(s) {sorted(missing)} in its "
                               f"cell tagged 'parameters'")
@@ -360,7 +373,8 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
     validate.integer("jobs", jobs, lo=1, hi=64)
     stage_sources(stage)
     report = BuildReport(prof.name, device, prof.identity,
-                         str(out / "_build" / "html" / "index.html"))
+                         str(out / "_build" / "html" / "index.html"),
+                         provenance=about.provenance(describe(resolve_device(device))))
     todo = [nb for nb in execution_order(notebooks) if not only or nb.stem in only]
     runs = {nb.stem: NotebookRun(nb.stem, "skipped", 0.0) for nb in notebooks}
     if jobs == 1:
@@ -373,6 +387,7 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
     report.notebooks = [runs[nb.stem] for nb in execution_order(notebooks)]
     if not execute_only:
         start = time.perf_counter()
+        about.write(stage, asdict(report))
         vendor_assets(stage / VENDOR)
         jb = Path(sys.executable).parent / "jupyter-book"
         cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage),
