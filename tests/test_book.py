@@ -169,7 +169,9 @@ def test_numbered_references_the_about_page_and_the_chapter_list(smoke_book):
             assert f'href="{chapter}.html"' in intro, chapter
         page = (html_dir / f"{chapter}.html").read_text()
         assert 'href="about-this-build.html"' in page, chapter
-    about = (html_dir / "about-this-build.html").read_text()
+    import html as html_text
+
+    about = html_text.unescape((html_dir / "about-this-build.html").read_text())
     for field in ("smoke@", "torch", "numpy", "scipy", "optuna", "plotly", "git commit",
                   "fcdnn-capacity", "date (UTC)", "device"):
         assert field in about, field

@@ -4,6 +4,7 @@ cell, the dependency lists, the dataset fetcher."""
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -125,8 +126,16 @@ def test_a_regular_install_builds_the_smoke_book_from_another_folder(tmp_path):
     site.mkdir(parents=True, exist_ok=True)
     (site / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
     py = venv / "bin" / "python"
+    # from a copy of the tracked files: a build leaves build/ behind in its source tree
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for rel in filter(None, tracked):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-                          "--no-build-isolation", "--prefix", str(venv), str(ROOT)],
+                          "--no-build-isolation", "--prefix", str(venv), str(src)],
                          capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
