@@ -134,8 +134,10 @@ def test_a_regular_install_builds_the_smoke_book_from_another_folder(tmp_path):
         if (ROOT / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
+    # --ignore-installed: without it pip would first uninstall this environment's capq
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-                          "--no-build-isolation", "--prefix", str(venv), str(src)],
+                          "--no-build-isolation", "--ignore-installed", "--prefix", str(venv),
+                          str(src)],
                          capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
