@@ -178,13 +178,24 @@ def test_study_rejects_bad_settings_early():
         QuantizationStudy(**{**FAST, "capacity_fractions": [0.0]})
 
 
-def test_missing_capacity_results_name_the_chapter_to_build(tmp_path):
+def test_missing_capacity_results_name_the_chapter_to_build(tmp_path, monkeypatch):
+    """A book build needs the measured capacity; a notebook in a fresh kernel (Colab,
+    Binder) starts from the paper's instead, and says so."""
+    from capq_lib.experiments.precision import capacity_point, paper_point
     from capq_lib.experiments.results import ResultsCache
 
     study = QuantizationStudy(**{**FAST, "n_at_capacity": None, "capacity_bits": None})
+    monkeypatch.setenv("CAPQ_BATCH", "1")
     with pytest.raises(ConfigError, match="build the fcdnn-capacity chapter first"):
         measure_quantization(study, "cpu", ResultsCache(tmp_path), progress=False)
     assert not (tmp_path / "quantization").exists()
+    monkeypatch.delenv("CAPQ_BATCH")
+    unit = study.units()[0]
+    with pytest.warns(UserWarning, match="using the paper's"):
+        point = capacity_point(study, unit, ResultsCache(tmp_path))
+    assert point.n_at_max == round(2.3 * unit.spec.n_params) and point.lr is None
+    with pytest.warns(UserWarning):
+        assert paper_point(unit) == point
 
 
 def test_cli_results_and_advise(measured_rows):

@@ -82,7 +82,7 @@ def test_only_must_name_a_chapter(tmp_path):
         build("smoke", "cpu", only=["chapter-9"], output=tmp_path)
 
 
-def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypatch):
+def test_launch_buttons_point_at_the_repository_or_a_fork(tmp_path, monkeypatch):
     import yaml
 
     from capq_lib.report.runner import stage_sources
@@ -90,7 +90,9 @@ def test_launch_buttons_appear_only_with_a_repository_address(tmp_path, monkeypa
     monkeypatch.delenv("CAPQ_REPOSITORY_URL", raising=False)
     stage_sources(tmp_path / "a")
     plain = yaml.safe_load((tmp_path / "a" / "_config.yml").read_text())
-    assert plain["launch_buttons"]["binderhub_url"] == "" and plain["repository"]["url"] == ""
+    assert plain["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert plain["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert plain["repository"]["url"].startswith("https://github.com/")
     monkeypatch.setenv("CAPQ_REPOSITORY_URL", "https://github.com/someone/capq")
     stage_sources(tmp_path / "b")
     conf = yaml.safe_load((tmp_path / "b" / "_config.yml").read_text())
