@@ -147,9 +147,10 @@ def test_a_regular_install_builds_the_smoke_book_from_another_folder(tmp_path):
                            capture_output=True, text=True)
     assert probe.stdout.split()[0] == "False", probe.stdout + probe.stderr
     assert str(venv) in probe.stdout  # the book came with the install
+    data = os.environ.get("CAPQ_DATA_DIR") or str(offline_data())  # may name its checksums
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{Path(sys.executable).parent}"
            f"{os.pathsep}{os.environ['PATH']}", "CAPQ_RESULTS_DIR": str(tmp_path / "results"),
-           "CAPQ_DATA_DIR": os.environ.get("CAPQ_DATA_DIR") or str(offline_data())}
+           "CAPQ_DATA_DIR": data}
     out = tmp_path / "out"
     # the capq script pip wrote would run this environment's python; the module is the same
     proc = subprocess.run([str(py), "-m", "capq_lib.report.cli", "build", "--profile", "smoke",
