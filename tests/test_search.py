@@ -159,7 +159,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path):
     assert sum(ran) == BUDGET and min(ran) > 0  # both worked, together exactly the budget
     store = Storage(url)
     mine = [s.study_name for s in optuna.get_all_study_summaries(store.optuna)
-            if f"/{tiny.stem}/" in s.study_name]
+            if f"/{tiny.stem}@" in s.study_name]
     trials = [(n, t.number, t.state, t.user_attrs.get("plan"), t.value) for n in mine
               for t in optuna.load_study(study_name=n, storage=store.optuna).get_trials()
               if "seeded_from" not in t.user_attrs]
