@@ -344,3 +344,74 @@ def test_recipe_line_reports_the_learning_rates_recorded(measured_rows):
     assert "our recipe (SGD, cosine decay, lr 0.3, 30 epochs)" in line
     assert "the paper-range recipe (SGD, step decay, lr 0.03, 30 epochs)" in line
     assert line.endswith("the paper searched lr 0.001 to 0.05 (lr 0.3 lies outside it).")
+
+
+def test_first_look_trains_the_chapters_own_nets_until_the_chapter_saved_them(measured_rows,
+                                                                             tmp_path):
+    """A fresh kernel gets the same nets the chapter will save (same seeds, recipe, lr);
+    once the chapter ran, they are loaded, not trained again."""
+    from capq_lib.experiments.results import ResultsCache
+    from capq_lib.report.widgets import requantized
+
+    _, saved_cache = measured_rows
+    study = QuantizationStudy(**FAST)
+    units = precision.first_look_units(study)
+    assert [(u.spec.name, u.definition) for u in units] == [("1x8", "N_at_max x 1"),
+                                                           ("LSTM-4", "N_at_max x 1")]
+    fresh = precision.unit_nets(study, units[0], "cpu", ResultsCache(tmp_path), progress=False)
+    assert fresh.source.startswith("trained just now") and fresh.n_samples == 120
+    assert not list(tmp_path.rglob("*.json"))  # a first look writes nothing to the cache
+    saved = precision.unit_nets(study, units[0], "cpu", saved_cache, progress=False)
+    assert saved.source == "saved by this chapter" and saved.seeds == fresh.seeds
+    for bits in (None, 4, 2):
+        a, b = requantized(fresh, bits, "l2"), requantized(saved, bits, "l2")
+        assert a.accuracy.tolist() == pytest.approx(b.accuracy.tolist(), abs=1e-9)
+
+
+def test_first_look_is_absent_from_the_book_and_trains_each_model_once(monkeypatch, tmp_path):
+    from capq_lib.experiments.results import ResultsCache
+    from capq_lib.report import widgets
+
+    study = QuantizationStudy(**FAST)
+    monkeypatch.setenv("CAPQ_BATCH", "1")
+    assert widgets.first_look(study, "cpu", ResultsCache(tmp_path)) is None
+    monkeypatch.delenv("CAPQ_BATCH")
+    real, calls = widgets.unit_nets, []
+
+    def counted(study_, unit, *args):
+        calls.append(unit.spec.name)
+        return real(study_, unit, *args, progress=False)
+
+    monkeypatch.setattr(widgets, "unit_nets", counted)
+    box = widgets.first_look(study, "cpu", ResultsCache(tmp_path))
+    pick, (bits, use_float), rule = box.children[0], box.children[1].children, box.children[2]
+    assert calls == ["1x8"]  # the smallest model, at once
+    bits.value, rule.value, use_float.value = 3, "max", True
+    assert calls == ["1x8"]  # moving the controls requantizes, it does not retrain
+    pick.value = 1
+    assert calls == ["1x8", "LSTM-4"]
+
+
+def test_explorer_requantizes_the_chapters_saved_nets_as_its_controls_move(measured_rows,
+                                                                          monkeypatch):
+    from capq_lib.report import widgets
+
+    rows, cache = measured_rows
+    monkeypatch.setenv("CAPQ_BATCH", "1")
+    assert "needs a running Python kernel" in widgets.explorer(rows, cache).data
+    monkeypatch.delenv("CAPQ_BATCH")
+    real, shown = widgets.requantized, []
+
+    def spy(nets, bits, rule):
+        shown.append((nets.spec.name, bits, rule))
+        return real(nets, bits, rule)
+
+    monkeypatch.setattr(widgets, "requantized", spy)
+    box = widgets.explorer(rows, cache)
+    pick, (bits, _), rule = box.children[0], box.children[1].children, box.children[2]
+    assert len(pick.options) == rows.key.nunique()
+    bits.value, rule.value = 2, "max"
+    pick.value = pick.options[-1][1]
+    first = rows.drop_duplicates("key").model.iloc[0]
+    last = rows.drop_duplicates("key").model.iloc[-1]
+    assert shown == [(first, 6, "l2"), (first, 2, "l2"), (first, 2, "max"), (last, 2, "max")]

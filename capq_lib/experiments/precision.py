@@ -17,6 +17,7 @@ live explorer.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -351,23 +352,39 @@ def progressive(spec: ModelSpec, nets: Sequence[nn.Module], members: Sequence[Me
     return out
 
 
-def quantize_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: torch.device,
-             lr: float | None = None, point: CapacityPoint | None = None
-             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train the unit's float nets (our recipe at ``lr``, the one that reached capacity, when
-    given), then quantize them every way the study asks; the records and the nets (state
-    dicts, data seeds) for the explorer. ``point`` (the model's N_at_max and C) labels the
-    rows; a C unit's ``capacity_fraction`` is its N as a fraction of N_at_max."""
+@dataclass
+class TrainedUnit:
+    """A unit's float nets at N samples: one per seed, each on its own memorization set
+    (``x``, ``y`` stacked), with the lr each was trained at."""
+
+    seeds: list[int]
+    nets: list[nn.Module]
+    lrs: list[float]
+    recipe: Recipe
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def unit_seeds(study: QuantizationStudy, unit: Unit) -> list[int]:
+    """The data and initialization seed of each of the unit's nets."""
+    # the N_at_max units keep the seeds they had before C units existed (same cache, nets)
+    tag = () if unit.basis == "n_at_max" else ("C",)
+    return [derived_seed(study.seed, unit.spec.name, *tag, unit.fraction, unit.recipe, k)
+            for k in range(study.seeds)]
+
+
+def train_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: torch.device,
+               lr: float | None = None, point: CapacityPoint | None = None,
+               progress: bool = False) -> TrainedUnit:
+    """The unit's float nets, by our recipe at ``lr`` (the one that reached capacity) when
+    given; below capacity a seed that stalled gets one retry at a third of the lr."""
     recipe = study.recipe(unit.family, unit.recipe)
     if lr is not None and unit.recipe == "ours":
         recipe = recipe.with_(lr=lr)
-    # the N_at_max units keep the seeds they had before C units existed (same cache, nets)
-    tag = () if unit.basis == "n_at_max" else ("C",)
-    seeds = [derived_seed(study.seed, unit.spec.name, *tag, unit.fraction, unit.recipe, k)
-             for k in range(study.seeds)]
+    seeds = unit_seeds(study, unit)
     members = [Member(n_samples, s, s, recipe) for s in seeds]
     x, y = stack_memorization_sets(members, unit.spec.input_shape, device)
-    trained = train_members(unit.spec, members, device, data=(x, y))
+    trained = train_members(unit.spec, members, device, progress=progress, data=(x, y))
     nets = [m.model for m in trained.members]
     lrs = [recipe.lr] * len(seeds)
     n_at_max = point.n_at_max if point is not None else None
@@ -378,10 +395,24 @@ def quantize_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: 
         stalled = [k for k, m in enumerate(trained.members) if m.accuracy < 1.0]
         if stalled:
             retry = [members[k].with_recipe(lr=recipe.lr / 3) for k in stalled]
-            again = train_members(unit.spec, retry, device, data=(x[stalled], y[stalled]))
+            again = train_members(unit.spec, retry, device, progress=progress,
+                                  data=(x[stalled], y[stalled]))
             for k, m in zip(stalled, again.members, strict=True):
                 if m.accuracy > trained.members[k].accuracy:
                     nets[k], lrs[k] = m.model, recipe.lr / 3
+    return TrainedUnit(seeds, nets, lrs, recipe, x, y)
+
+
+def quantize_unit(study: QuantizationStudy, unit: Unit, n_samples: int, device: torch.device,
+                  lr: float | None = None, point: CapacityPoint | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train the unit's float nets (``train_unit``), then quantize them every way the study
+    asks; the records and the nets (state dicts, data seeds) for the explorer. ``point``
+    (the model's N_at_max and C) labels the rows; a C unit's ``capacity_fraction`` is its N
+    as a fraction of N_at_max."""
+    t = train_unit(study, unit, n_samples, device, lr, point)
+    seeds, nets, lrs, recipe, x, y = t.seeds, t.nets, t.lrs, t.recipe, t.x, t.y
+    n_at_max = point.n_at_max if point is not None else None
     n = torch.full((len(seeds),), n_samples, device=device)
     fraction = unit.fraction if unit.basis == "n_at_max" else \
         (round(n_samples / n_at_max, 4) if n_at_max else float("nan"))
@@ -451,6 +482,51 @@ def unit_config(study: QuantizationStudy, unit: Unit, n_samples: int) -> dict[st
     return config
 
 
+def unit_record_config(study: QuantizationStudy, unit: Unit, point: CapacityPoint
+                       ) -> dict[str, Any]:
+    """The cache config of a unit's record, at the N and lr its capacity point gives."""
+    return {**unit_config(study, unit, point.n_samples(unit)), "lr": point.lr}
+
+
+@dataclass
+class UnitNets:
+    """Float nets of one unit, as the explorers need them, and where they came from."""
+
+    spec: ModelSpec
+    nets: list[nn.Module]
+    n_samples: int
+    seeds: list[int]
+    source: str
+
+
+def first_look_units(study: QuantizationStudy) -> list[Unit]:
+    """One unit per model for a first look: our recipe at the study's largest fraction of
+    N_at_max (full capacity by default), smallest model first (the quickest to train)."""
+    ours = [u for u in study.units() if u.basis == "n_at_max" and u.recipe == "ours"]
+    top = max(u.fraction for u in ours)  # a study has a model and a fraction at least
+    return sorted((u for u in ours if u.fraction == top), key=lambda u: u.spec.n_params)
+
+
+def unit_nets(study: QuantizationStudy, unit: Unit, device: str = "auto",
+              cache: ResultsCache | None = None, progress: bool = True) -> UnitNets:
+    """A unit's float nets without its quantization runs: the chapter's saved ones when the
+    cache has the unit, else trained now (the same seeds, recipe and lr, so the same nets
+    the chapter will save), so that a fresh kernel can explore before the chapter ran."""
+    cache = cache or ResultsCache()
+    point = capacity_point(study, unit, cache)
+    n = point.n_samples(unit)
+    record = cache.get(EXPERIMENT, unit_record_config(study, unit, point))
+    if record is not None:
+        spec, nets, saved = load_nets(record["key"], cache)
+        return UnitNets(spec, nets, n, list(saved["data_seeds"]), "saved by this chapter")
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    t = train_unit(study, unit, n, dev, point.lr, point, progress)
+    took = time.perf_counter() - start
+    return UnitNets(unit.spec, [net.cpu() for net in t.nets], n, t.seeds,
+                    f"trained just now ({took:.0f} s on {describe(dev)})")
+
+
 def measure_quantization(study: QuantizationStudy, device: str = "auto",
                          cache: ResultsCache | None = None, progress: bool = True
                          ) -> pd.DataFrame:
@@ -464,7 +540,7 @@ def measure_quantization(study: QuantizationStudy, device: str = "auto",
     sizes = [p.n_samples(u) for u, p in zip(units, points, strict=True)]
     for unit, point, n in zip(units, points, sizes, strict=True):
         lr = point.lr
-        config = {**unit_config(study, unit, n), "lr": lr}
+        config = unit_record_config(study, unit, point)
 
         def compute(unit: Unit = unit, n: int = n, lr: float | None = lr,
                     point: CapacityPoint = point) -> tuple[dict[str, Any], Any]:

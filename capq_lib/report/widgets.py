@@ -1,4 +1,5 @@
-"""Live ipywidgets for Jupyter: the quantization explorer and the bits calculator.
+"""Live ipywidgets for Jupyter: the quantization explorer (with its first look, which
+needs no results yet) and the bits calculator.
 
 A widget's Python callback needs a running kernel; in the static book a saved widget would
 move without updating. So under the book build (``CAPQ_BATCH=1``) these return a note that
@@ -7,6 +8,8 @@ says how to get the live version instead of a dead control."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 import pandas as pd
@@ -24,7 +27,13 @@ from capq_lib.engine.population import (
 )
 from capq_lib.engine.quantize import STEP_RULES, QuantConfig
 from capq_lib.experiments.advise import advise
-from capq_lib.experiments.precision import load_nets
+from capq_lib.experiments.precision import (
+    QuantizationStudy,
+    UnitNets,
+    first_look_units,
+    load_nets,
+    unit_nets,
+)
 from capq_lib.experiments.results import ResultsCache
 
 STATIC_NOTE = ("*{what} needs a running Python kernel.* Open this page as a notebook (the "
@@ -37,20 +46,52 @@ def live() -> bool:
     return os.environ.get("CAPQ_BATCH") != "1"
 
 
+def requantized(nets: UnitNets, bits: int | None, rule: str) -> pd.DataFrame:
+    """Float nets quantized directly to ``bits`` (None: float), each evaluated on its own
+    memorization set: accuracy p and I per seed."""
+    config = None if bits is None else QuantConfig(bits, rule)
+    n = nets.n_samples
+    members = [Member(n, s, s) for s in nets.seeds]
+    x, y = stack_memorization_sets(members, nets.spec.input_shape, torch.device("cpu"))
+    model = stack_nets(nets.spec, nets.nets, x.device)
+    model.quantize_weights(config)
+    acc = evaluate_population(model, x, y, torch.full((len(nets.nets),), n))[0].tolist()
+    return pd.DataFrame({"seed": nets.seeds, "accuracy": acc,
+                         "mutual_info": [float(mutual_information(n, a)) for a in acc]})
+
+
 def requantize(key: str, bits: int | None, rule: str, cache: ResultsCache | None = None
                ) -> pd.DataFrame:
-    """A unit's saved float nets quantized directly to ``bits`` (None: float), each evaluated
-    on its own memorization set: accuracy p and I per seed."""
-    config = None if bits is None else QuantConfig(bits, rule)
+    """A unit's saved float nets (record ``key``) quantized directly to ``bits``."""
     spec, nets, saved = load_nets(key, cache)
-    n = saved["n_samples"]
-    members = [Member(n, s, s) for s in saved["data_seeds"]]
-    x, y = stack_memorization_sets(members, spec.input_shape, torch.device("cpu"))
-    model = stack_nets(spec, nets, x.device)
-    model.quantize_weights(config)
-    acc = evaluate_population(model, x, y, torch.full((len(nets),), n))[0].tolist()
-    return pd.DataFrame({"seed": saved["data_seeds"], "accuracy": acc,
-                         "mutual_info": [float(mutual_information(n, a)) for a in acc]})
+    return requantized(UnitNets(spec, nets, saved["n_samples"], list(saved["data_seeds"]),
+                                "saved"), bits, rule)
+
+
+def _quantizer_controls(options: list[tuple[str, Any]],
+                        nets_for: Callable[[Any], UnitNets]) -> w.VBox:
+    """Nets, bit width, step rule and float: the table of p and I per seed follows them."""
+    unit = w.Dropdown(options=options, description="nets")
+    bits = w.IntSlider(value=6, min=1, max=16, description="bits")
+    rule = w.ToggleButtons(options=list(STEP_RULES), description="step rule")
+    use_float = w.Checkbox(value=False, description="float (no quantization)")
+    out = w.Output()
+
+    def update(_=None) -> None:
+        with out:
+            out.clear_output(wait=True)
+            nets = nets_for(unit.value)  # may train (a progress bar in this output)
+            df = requantized(nets, None if use_float.value else bits.value, rule.value)
+            out.clear_output(wait=True)
+            display(Markdown(f"N = {nets.n_samples:,} samples, {len(nets.nets)} nets, "
+                             f"{nets.source}"))
+            display(df.style.format({"accuracy": "{:.4f}", "mutual_info": "{:.0f}"})
+                    .hide(axis="index"))
+
+    for c in (unit, bits, rule, use_float):
+        c.observe(update, names="value")
+    update()
+    return w.VBox([unit, w.HBox([bits, use_float]), rule, out])
 
 
 def explorer(rows: pd.DataFrame, cache: ResultsCache | None = None):
@@ -61,24 +102,36 @@ def explorer(rows: pd.DataFrame, cache: ResultsCache | None = None):
     units = rows.drop_duplicates("key")
     options = [(f"{r.family} {r.model}, N = {r.n_samples} ({r.capacity_fraction:g} of "
                 f"capacity, {r.recipe} recipe)", r.key) for r in units.itertuples()]
-    unit = w.Dropdown(options=options, description="nets")
-    bits = w.IntSlider(value=6, min=1, max=16, description="bits")
-    rule = w.ToggleButtons(options=list(STEP_RULES), description="step rule")
-    use_float = w.Checkbox(value=False, description="float (no quantization)")
-    out = w.Output()
+    loaded: dict[str, UnitNets] = {}
 
-    def update(_=None) -> None:
-        with out:
-            out.clear_output(wait=True)
-            df = requantize(unit.value, None if use_float.value else bits.value, rule.value,
-                            cache)
-            display(df.style.format({"accuracy": "{:.4f}", "mutual_info": "{:.0f}"})
-                    .hide(axis="index"))
+    def nets_for(key: str) -> UnitNets:
+        if key not in loaded:
+            spec, nets, saved = load_nets(key, cache)
+            loaded[key] = UnitNets(spec, nets, saved["n_samples"],
+                                   list(saved["data_seeds"]), "saved by this chapter")
+        return loaded[key]
 
-    for c in (unit, bits, rule, use_float):
-        c.observe(update, names="value")
-    update()
-    return w.VBox([unit, w.HBox([bits, use_float]), rule, out])
+    return _quantizer_controls(options, nets_for)
+
+
+def first_look(study: QuantizationStudy, device: str = "auto",
+               cache: ResultsCache | None = None):
+    """Before the chapter's long run: each model's nets at full capacity in the explorer,
+    the chapter's saved ones when there are, else trained on first pick (smallest model
+    first: seconds for a small FCDNN on a CPU, with a progress bar). None in a book build."""
+    if not live():
+        return None
+    units = first_look_units(study)
+    options = [(f"{u.family} {u.spec.name} ({u.spec.n_params:,} parameters), "
+                f"{u.definition}", i) for i, u in enumerate(units)]
+    got: dict[int, UnitNets] = {}
+
+    def nets_for(i: int) -> UnitNets:
+        if i not in got:
+            got[i] = unit_nets(study, units[i], device, cache)
+        return got[i]
+
+    return _quantizer_controls(options, nets_for)
 
 
 def calculator(table: pd.DataFrame):
