@@ -360,6 +360,7 @@ def test_first_look_trains_the_chapters_own_nets_until_the_chapter_saved_them(me
                                                            ("LSTM-4", "N_at_max x 1")]
     fresh = precision.unit_nets(study, units[0], "cpu", ResultsCache(tmp_path), progress=False)
     assert fresh.source.startswith("trained just now") and fresh.n_samples == 120
+    assert fresh.source.endswith("N at capacity: given (n_at_capacity)")
     assert not list(tmp_path.rglob("*.json"))  # a first look writes nothing to the cache
     saved = precision.unit_nets(study, units[0], "cpu", saved_cache, progress=False)
     assert saved.source == "saved by this chapter" and saved.seeds == fresh.seeds
@@ -373,17 +374,23 @@ def test_first_look_is_absent_from_the_book_and_trains_each_model_once(monkeypat
     from capq_lib.report import widgets
 
     study = QuantizationStudy(**FAST)
+    shown, calls = [], []
+    monkeypatch.setattr(widgets, "display", shown.append)
     monkeypatch.setenv("CAPQ_BATCH", "1")
-    assert widgets.first_look(study, "cpu", ResultsCache(tmp_path)) is None
+    widgets.first_look(study, "cpu", ResultsCache(tmp_path))
+    assert shown == []
     monkeypatch.delenv("CAPQ_BATCH")
-    real, calls = widgets.unit_nets, []
+    real = widgets.unit_nets
 
     def counted(study_, unit, *args):
+        # the controls are on screen before any training starts (its progress bar shows)
+        assert isinstance(shown[0], widgets.w.VBox)
         calls.append(unit.spec.name)
         return real(study_, unit, *args, progress=False)
 
     monkeypatch.setattr(widgets, "unit_nets", counted)
-    box = widgets.first_look(study, "cpu", ResultsCache(tmp_path))
+    widgets.first_look(study, "cpu", ResultsCache(tmp_path))
+    box = shown[0]
     pick, (bits, use_float), rule = box.children[0], box.children[1].children, box.children[2]
     assert calls == ["1x8"]  # the smallest model, at once
     bits.value, rule.value, use_float.value = 3, "max", True

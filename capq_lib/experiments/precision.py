@@ -254,6 +254,8 @@ class CapacityPoint:
     n_at_max: int
     capacity_bits: float | None = None
     lr: float | None = None
+    #: where the point comes from, for readers: measured here, given, or the paper's
+    origin: str = "measured here"
 
     def n_samples(self, unit: Unit) -> int:
         """The unit's N: its fraction of N_at_max, or of C."""
@@ -275,7 +277,7 @@ def capacity_point(study: QuantizationStudy, unit: Unit,
         c = (study.capacity_bits or {}).get(name)
         return CapacityPoint(validate.integer(f"n_at_capacity[{name!r}]",
                                               study.n_at_capacity[name], lo=1),
-                             None if c is None else float(c))
+                             None if c is None else float(c), origin="given (n_at_capacity)")
     rows = records.summaries(CAPACITY_EXPERIMENT[unit.family], study.profile, cache)
     rows = rows[rows.model == name] if len(rows) else rows
     if not len(rows) and os.environ.get("CAPQ_BATCH") != "1":
@@ -290,8 +292,6 @@ def capacity_point(study: QuantizationStudy, unit: Unit,
     lr, c = row.get("lr_at_max"), row.get("capacity_bits")
     return CapacityPoint(int(row.n_at_max), float(c) if c is not None and c == c else None,
                          float(lr) if lr is not None and lr == lr else None)
-
-
 
 
 def paper_point(unit: Unit) -> CapacityPoint:
@@ -310,7 +310,8 @@ def paper_point(unit: Unit) -> CapacityPoint:
                   f"{bits:,.0f} bits (N_at_max taken as that many samples); run the "
                   f"{CAPACITY_EXPERIMENT[unit.family]} notebook first for measured values",
                   stacklevel=2)
-    return CapacityPoint(max(2, round(bits)), bits, None)
+    return CapacityPoint(max(2, round(bits)), bits, None,
+                         origin="the paper's (no capacity measured here)")
 
 
 def evaluate_quantized(spec: ModelSpec, nets: Sequence[nn.Module], x: torch.Tensor,
@@ -496,6 +497,7 @@ class UnitNets:
     nets: list[nn.Module]
     n_samples: int
     seeds: list[int]
+    #: where the nets and their N come from, said under the explorer
     source: str
 
 
@@ -524,7 +526,8 @@ def unit_nets(study: QuantizationStudy, unit: Unit, device: str = "auto",
     t = train_unit(study, unit, n, dev, point.lr, point, progress)
     took = time.perf_counter() - start
     return UnitNets(unit.spec, [net.cpu() for net in t.nets], n, t.seeds,
-                    f"trained just now ({took:.0f} s on {describe(dev)})")
+                    f"trained just now, {took:.0f} s on {describe(dev)}; N at capacity: "
+                    f"{point.origin}")
 
 
 def measure_quantization(study: QuantizationStudy, device: str = "auto",

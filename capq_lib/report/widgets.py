@@ -68,9 +68,11 @@ def requantize(key: str, bits: int | None, rule: str, cache: ResultsCache | None
                                 "saved"), bits, rule)
 
 
-def _quantizer_controls(options: list[tuple[str, Any]],
-                        nets_for: Callable[[Any], UnitNets]) -> w.VBox:
-    """Nets, bit width, step rule and float: the table of p and I per seed follows them."""
+def _quantizer_controls(options: list[tuple[str, Any]], nets_for: Callable[[Any], UnitNets],
+                        show_first: bool = False) -> w.VBox:
+    """Nets, bit width, step rule and float: the table of p and I per seed follows them.
+    With ``show_first`` the controls are displayed before the first nets are fetched, so
+    that a progress bar of their training shows in the output below them."""
     unit = w.Dropdown(options=options, description="nets")
     bits = w.IntSlider(value=6, min=1, max=16, description="bits")
     rule = w.ToggleButtons(options=list(STEP_RULES), description="step rule")
@@ -90,8 +92,11 @@ def _quantizer_controls(options: list[tuple[str, Any]],
 
     for c in (unit, bits, rule, use_float):
         c.observe(update, names="value")
+    box = w.VBox([unit, w.HBox([bits, use_float]), rule, out])
+    if show_first:
+        display(box)
     update()
-    return w.VBox([unit, w.HBox([bits, use_float]), rule, out])
+    return box
 
 
 def explorer(rows: pd.DataFrame, cache: ResultsCache | None = None):
@@ -115,12 +120,13 @@ def explorer(rows: pd.DataFrame, cache: ResultsCache | None = None):
 
 
 def first_look(study: QuantizationStudy, device: str = "auto",
-               cache: ResultsCache | None = None):
+               cache: ResultsCache | None = None) -> None:
     """Before the chapter's long run: each model's nets at full capacity in the explorer,
     the chapter's saved ones when there are, else trained on first pick (smallest model
-    first: seconds for a small FCDNN on a CPU, with a progress bar). None in a book build."""
+    first, with a progress bar). Displays the controls itself (they must be on screen
+    before the first training starts); nothing in a book build."""
     if not live():
-        return None
+        return
     units = first_look_units(study)
     options = [(f"{u.family} {u.spec.name} ({u.spec.n_params:,} parameters), "
                 f"{u.definition}", i) for i, u in enumerate(units)]
@@ -131,7 +137,7 @@ def first_look(study: QuantizationStudy, device: str = "auto",
             got[i] = unit_nets(study, units[i], device, cache)
         return got[i]
 
-    return _quantizer_controls(options, nets_for)
+    _quantizer_controls(options, nets_for, show_first=True)
 
 
 def calculator(table: pd.DataFrame):
