@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,12 +48,26 @@ def offline_data() -> Path:
     and no PTB training split, so the stand-ins are exercised) so the smoke book builds."""
     if (SHARED_DATA / "mnist").is_dir():
         return SHARED_DATA
+    from capq_lib.nets.realdata import TRUSTED_ENV
+
+    root, listing = _stand_in_data()
+    os.environ[TRUSTED_ENV] = str(listing)
+    return root
+
+
+@functools.cache
+def _stand_in_data() -> tuple[Path, Path]:
+    """The stand-in files and their checksum list, made once per test session and removed
+    when it ends."""
     import gzip
     import tempfile
 
     import numpy as np
 
     root = Path(tempfile.mkdtemp(prefix="capq-data-"))
+    listing = root.with_name(root.name + "-checksums.txt")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    atexit.register(listing.unlink, missing_ok=True)
     rng = np.random.default_rng(0)
     (root / "mnist").mkdir()
     for name, arr in (("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (600, 28, 28))),
@@ -64,15 +81,13 @@ def offline_data() -> Path:
     for split in ("valid", "test"):
         lines = [" " + " ".join(rng.choice(words, 12)) + " " for _ in range(400)]
         (root / "ptb" / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
-    from capq_lib.nets.realdata import TRUSTED_ENV, md5
+    from capq_lib.nets.realdata import md5
 
     # their digests are not the real datasets': the tests name them explicitly, as a user
     # with a private mirror would, in a checksum file outside the data folder
     files = [p for p in root.rglob("*") if p.is_file()]
-    listing = root.with_name(root.name + "-checksums.txt")
     listing.write_text("".join(f"{md5(p)}  {p.relative_to(root)}\n" for p in files))
-    os.environ[TRUSTED_ENV] = str(listing)
-    return root
+    return root, listing
 
 
 def run_capq(*args: str, results: Path, cwd: Path = ROOT, timeout: int = 900):
