@@ -519,8 +519,7 @@ def unit_nets(study: QuantizationStudy, unit: Unit, device: str = "auto",
     n = point.n_samples(unit)
     record = cache.get(EXPERIMENT, unit_record_config(study, unit, point))
     if record is not None:
-        spec, nets, saved = load_nets(record["key"], cache)
-        return UnitNets(spec, nets, n, list(saved["data_seeds"]), "saved by this chapter")
+        return load_nets(record["key"], cache)
     dev = resolve_device(device)
     start = time.perf_counter()
     t = train_unit(study, unit, n, dev, point.lr, point, progress)
@@ -560,9 +559,8 @@ def measure_quantization(study: QuantizationStudy, device: str = "auto",
     return pd.DataFrame(rows)
 
 
-def load_nets(key: str, cache: ResultsCache | None = None) -> tuple[ModelSpec, list[nn.Module],
-                                                                    dict[str, Any]]:
-    """A unit's float nets, as the explorer needs them."""
+def load_nets(key: str, cache: ResultsCache | None = None) -> UnitNets:
+    """A unit's saved float nets (record ``key``), verified, as the explorers need them."""
     cache = cache or ResultsCache()
     try:
         saved = cache.load_artifact(EXPERIMENT, key, "rerun the quantization chapter")
@@ -574,7 +572,8 @@ def load_nets(key: str, cache: ResultsCache | None = None) -> tuple[ModelSpec, l
         net = build(spec)
         net.load_state_dict(sd)
         nets.append(net)
-    return spec, nets, saved
+    return UnitNets(spec, nets, saved["n_samples"], list(saved["data_seeds"]),
+                    "saved by this chapter")
 
 
 #: what identifies a trained setting (a group of seeds); each only where the rows have it

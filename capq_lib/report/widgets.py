@@ -63,9 +63,7 @@ def requantized(nets: UnitNets, bits: int | None, rule: str) -> pd.DataFrame:
 def requantize(key: str, bits: int | None, rule: str, cache: ResultsCache | None = None
                ) -> pd.DataFrame:
     """A unit's saved float nets (record ``key``) quantized directly to ``bits``."""
-    spec, nets, saved = load_nets(key, cache)
-    return requantized(UnitNets(spec, nets, saved["n_samples"], list(saved["data_seeds"]),
-                                "saved"), bits, rule)
+    return requantized(load_nets(key, cache), bits, rule)
 
 
 def _quantizer_controls(options: list[tuple[str, Any]], nets_for: Callable[[Any], UnitNets],
@@ -111,9 +109,7 @@ def explorer(rows: pd.DataFrame, cache: ResultsCache | None = None):
 
     def nets_for(key: str) -> UnitNets:
         if key not in loaded:
-            spec, nets, saved = load_nets(key, cache)
-            loaded[key] = UnitNets(spec, nets, saved["n_samples"],
-                                   list(saved["data_seeds"]), "saved by this chapter")
+            loaded[key] = load_nets(key, cache)
         return loaded[key]
 
     return _quantizer_controls(options, nets_for)
