@@ -65,6 +65,41 @@ CASES = [
      "storage must be a SQLAlchemy URL"),
     (["params", "nochapter"], "CHAPTER must be one of"),
     (["params", "fcdnn-capacity", "--profile", "nope"], "profile must be one of"),
+    # issue 19: values checked late or never before
+    (chapter("fcdnn-capacity", 'fig2a_model: "9x9"'), "fig2a_model must be one of"),
+    (chapter("fcdnn-capacity", 'fig1a_depth: "deep"'), "fig1a_depth must be one of"),
+    (chapter("fcdnn-capacity", "fig1b_width: 48"), "fig1b_width must be one of"),
+    (chapter("rnn-capacity", "fig_units: 999"), "fig_units must be one of"),
+    (chapter("rnn-capacity", "epochs: 1.0e+15"), "epochs must be an integer in [1, 1000000]"),
+    (chapter("real-tasks", 'online: "no"'), "online must be true or false"),
+    (chapter("real-tasks", 'direct: "yes"'), "direct must be true or false"),
+    ("chapters: []\n", "chapters must map chapter names"),
+    ("description: [1]\n", "description must be text"),
+    (chapter("loss-surfaces", 'cnn_models: ["huge"]'), "cnn_models must be one of"),
+    (chapter("loss-surfaces", 'widths: ["float", "bogus"]'), "widths must be 'float' or a bit"),
+    (chapter("loss-surfaces", 'widths: ["float", "40"]'), "bits must be"),
+    (chapter("cnn-capacity", 'storage: "garbage"'), "storage must be a SQLAlchemy URL"),
+    (chapter("fcdnn-capacity", 'storage: "sqlite://"'), "in-memory database"),
+    (chapter("mutual-information", "repeats: .nan"), "must be a finite number"),
+    # plain values only: no tags that build other things, no aliases, bounded nesting
+    (chapter("fcdnn-capacity", "fig2a_model: !!binary MXgxMg=="), "fcdnn-capacity.fig2a_model"),
+    (chapter("fcdnn-capacity", "widths: !!set {16, 32}"), "fcdnn-capacity.widths: the tag"),
+    (chapter("real-tasks", "lr: !!python/object/apply:os.getpid []"), "real-tasks.lr: the tag"),
+    (chapter("mutual-information", "seed: 2024-01-01"), "must be text, a number"),
+    ("a: &a [*a]\n", "anchors and aliases"),
+    ('a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n'
+     'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n',
+     "anchors and aliases"),
+    ("chapters: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 16 levels"),
+    ("? [1, 2]\n: 3\n", "keys must be text"),
+    # the command line: where the book goes, downloads, quiet answers
+    (["build", "--profile", "../../../etc/x"], "is a path (it has a separator) but not a .yaml"),
+    (["build", "--profile", "smoke", "--output", "/proc/self/capq"], "--output"),
+    (["data", "fetch", "ptb", "--mirror", "garbage"], "mirror must be a URL"),
+    (["results", "fcdnn-capacity", "--profile", "paper"], "matches no records of fcdnn"),
+    (["results", "fcdnn-capacity", "--profile", "quick@0000000000"], "matches no records"),
+    (["advise", "--family", "fc", "--params", "100", "--samples", "10", "--profile", "nosuch"],
+     "--profile 'nosuch' has no quantization records"),
 ]
 
 
@@ -83,3 +118,59 @@ def test_bad_input_gets_one_clear_line(case, names, tmp_path, monkeypatch, capsy
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "_build" / "stage").exists()  # no notebook ran
     assert not list((tmp_path / "results").rglob("*.json"))  # nothing computed
+    assert not (tmp_path / "data").exists()  # no download folder made
+
+
+def test_the_output_may_not_be_a_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAPQ_RESULTS_DIR", str(tmp_path / "results"))
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    assert main(["build", "--profile", "smoke", "--output", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("capq: error: --output") and "is a file" in err, err
+    assert len(err.strip().splitlines()) == 1 and afile.read_text() == "mine\n"
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    """As root every folder is writable, so the write itself is made to fail as it does in a
+    read-only folder; the error names --output before any notebook runs."""
+    from capq_lib.report import runner
+
+    monkeypatch.setenv("CAPQ_RESULTS_DIR", str(tmp_path / "results"))
+
+    def read_only(stage):
+        raise PermissionError(13, "Permission denied", str(stage))
+
+    monkeypatch.setattr(runner, "stage_sources", read_only)
+    assert main(["build", "--profile", "smoke", "--output", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("capq: error: --output") and "Permission denied" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_heartbeat_grace_stops_a_worker_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAPQ_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("CAPQ_HEARTBEAT_GRACE_S", "soon")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "studies.journal").write_text("")  # the journal exists already
+    assert main(["sweep", "fcdnn-capacity", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("capq: error: CAPQ_HEARTBEAT_GRACE_S must be a number"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_every_notebook_parameter_is_checked_by_its_chapters_configuration(profile):
+    """A parameter the configuration never reads is a parameter nobody checks: each one of
+    every notebook's parameters cell is read (and so validated) when the chapter is
+    configured, which capq build does for every chapter before running any."""
+    from capq_lib.core.paths import BOOK_ROOT
+    from capq_lib.report import profiles
+    from capq_lib.report.chapters import Reads, configure
+    from capq_lib.report.runner import notebook_defaults, toc_notebooks
+
+    prof = profiles.load(profile)
+    for nb in toc_notebooks():
+        ns = Reads({**notebook_defaults(BOOK_ROOT / nb), **prof.parameters(nb.stem, "cpu")})
+        configure(nb.stem, ns)
+        assert set(ns) - ns.read == set(), nb.stem

@@ -319,3 +319,319 @@ def test_cli_json_rows_survive_a_quarantined_record(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [r["v"] for r in json.loads(proc.stdout)] == [1]
     assert "moved to" in proc.stderr
+
+
+# --- issue 19: a profile is data, a cache file is data, a tampered dataset stops the book ---
+
+PAYLOAD = '1x12"+str(__import__("os").system("touch {canary}"))+"'
+
+
+def evil_profile(tmp_path: Path) -> tuple[Path, Path]:
+    """A profile someone could send: fig2a_model as !!binary bytes that papermill would
+    write into the notebook unescaped, running ``touch canary``."""
+    import base64
+
+    canary = tmp_path / "canary"
+    blob = base64.b64encode(PAYLOAD.format(canary=canary).encode()).decode()
+    prof = tmp_path / "evil.yaml"
+    prof.write_text(f"chapters:\n  fcdnn-capacity:\n    fig2a_model: !!binary {blob}\n")
+    return prof, canary
+
+
+def test_code_in_a_profile_never_runs(tmp_path):
+    from .conftest import run_capq
+
+    prof, canary = evil_profile(tmp_path)
+    for args in (("build", "--profile", str(prof), "--output", str(tmp_path / "out")),
+                 ("params", "fcdnn-capacity", "--profile", str(prof))):
+        proc = run_capq(*args, results=tmp_path / "results")
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and "fcdnn-capacity.fig2a_model" in err[0], proc.stderr
+        assert "!!binary" not in proc.stdout and not canary.exists()
+    assert not (tmp_path / "out" / "_build" / "stage").exists()
+
+
+def test_code_in_a_papermill_parameter_file_never_runs(tmp_path):
+    """The same value in a file for ``papermill -f`` (or inline with ``-y``): papermill
+    writes it into the notebook as code, and the notebook's guard refuses that cell before
+    it runs, naming the parameter."""
+    prof, canary = evil_profile(tmp_path)
+    flat = tmp_path / "params.yaml"
+    flat.write_text(prof.read_text().split("fcdnn-capacity:\n", 1)[1].strip() + "\n")
+    papermill = Path(sys.executable).parent / "papermill"
+    for how in (["-f", str(flat)], ["-y", flat.read_text()]):
+        proc = subprocess.run([str(papermill), str(ROOT / "book" / "fcdnn-capacity.ipynb"),
+                               str(tmp_path / "out.ipynb"), *how, "--cwd", str(tmp_path)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CAPQ_RESULTS_DIR": str(tmp_path / "r")})
+        assert proc.returncode != 0
+        assert "parameter fig2a_model: papermill wrote code, not a value" in proc.stderr, \
+            proc.stderr[-3000:]
+        assert not canary.exists()
+        assert not (tmp_path / "r").exists()  # nothing computed
+
+
+def test_the_guard_of_the_injected_cell_passes_values_and_stops_code():
+    from capq_lib.report.chapters import _guard, injected_problem
+
+    ok = '# Parameters\nwidths = [16, 32]\nfig2a_model = "1x32"\nrecipes = {"fc": {"lr": 0.3}}\n'
+    assert injected_problem(ok) is None and _guard(ok.splitlines(True)) == ok.splitlines(True)
+    for cell, name in (('# Parameters\nfig2a_model = "b\'1x12"+str(1)+"\'"\n', "fig2a_model"),
+                       ("# Parameters\nx = b'bytes'\n", "x"),
+                       ("# Parameters\nimport os\n", "assigns no parameter"),
+                       ("# Parameters\nx = y = 1\n", "assigns no parameter"),
+                       ("# Parameters\nx = [1, (2).bit_length()]\n", "x")):
+        assert name in injected_problem(cell)
+        guarded = "".join(_guard(cell.splitlines(True)))
+        assert "raise ConfigError" in guarded and "import os\n" not in guarded.split("\n", 1)[0]
+    assert _guard(["x = 1\n"]) == ["x = 1\n"]  # a cell papermill did not inject
+
+
+def test_a_notebook_refuses_a_device_the_machine_lacks(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    papermill = Path(sys.executable).parent / "papermill"
+    proc = subprocess.run([str(papermill), str(ROOT / "book" / "intro.ipynb"),
+                           str(tmp_path / "out.ipynb"), "-p", "device", "cuda", "--cwd",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CAPQ_RESULTS_DIR": str(tmp_path / "r")})
+    assert proc.returncode != 0 and "torch sees no CUDA GPU" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_an_edited_copy_of_a_profile_finds_the_records_it_reuses(tmp_path, smoke_book):
+    """cp smoke.yaml mysmoke.yaml, one loss-surface value changed, on a results folder that
+    holds the smoke build: real tasks are cache hits (no net is trained again) and the loss
+    surfaces find those nets as mysmoke's own."""
+    from .conftest import run_capq
+
+    results = tmp_path / "results"
+    shutil.copytree(smoke_book / "results", results)
+    nets_before = sorted(p.name for p in (results / "real-tasks").glob("*.json"))
+    text = (ROOT / "book" / "profiles" / "smoke.yaml").read_text()
+    assert "    points: 3\n" in text
+    mine = tmp_path / "mysmoke.yaml"
+    mine.write_text(text.replace("    points: 3\n", "    points: 4\n"))
+    proc = run_capq("build", "--profile", str(mine), "--only", "real-tasks", "--only",
+                    "loss-surfaces", "--execute-only", "--output", str(tmp_path / "out"),
+                    "--jobs", "1", results=results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (results / "real-tasks").glob("*.json")) == nets_before
+    for kind in ("real-tasks", "loss-surfaces"):
+        rows = json.loads(run_capq("results", kind, "--profile", "mysmoke",
+                                   results=results).stdout)
+        assert rows and {r["profile"].split("@")[0] for r in rows} == {"mysmoke"}, kind
+    shipped = json.loads(run_capq("results", "real-tasks", "--profile", "smoke",
+                                  results=results).stdout)
+    assert {r["profile"].split("@")[0] for r in shipped} == {"smoke"}  # still smoke's too
+
+
+def odd_cache(tmp_path: Path) -> tuple[ResultsCache, dict]:
+    cache = ResultsCache(tmp_path / "results")
+    good = cache.put("quantization", {"n": 1}, {"profile": "p@1", "rows": [{"a": 1}]},
+                     "cpu", 0.0)
+    return cache, good
+
+
+@pytest.mark.parametrize("oddity", ["folder", "nested", "rows-not-a-list", "key-of-another",
+                                    "a-link"])
+def test_one_odd_file_in_the_cache_is_set_aside_and_never_stops_a_reader(tmp_path, oddity):
+    from capq_lib.experiments import records
+    from capq_lib.experiments.results import config_key
+
+    cache, good = odd_cache(tmp_path)
+    folder = cache.root / "quantization"
+    if oddity == "folder":
+        (folder / f"{config_key('quantization', {'n': 2})}.json").mkdir()
+    elif oddity == "nested":
+        (folder / "x.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif oddity == "rows-not-a-list":  # keys and name match: only the shape is wrong
+        cfg = {"n": 3}
+        key = config_key("quantization", cfg)
+        (folder / f"{key}.json").write_text(json.dumps(
+            {"kind": "quantization", "key": key, "config": cfg,
+             "result": {"profile": "p@1", "rows": 7}, "provenance": {}}))
+    elif oddity == "key-of-another":  # a copy of a good record under another name
+        (folder / f"{'0' * 20}.json").write_text(json.dumps({**good, "key": "0" * 20}))
+    else:
+        outside = tmp_path / "outside.json"
+        outside.write_text(json.dumps(good))
+        (folder / f"{'1' * 20}.json").symlink_to(outside)
+    with pytest.warns(CacheWarning, match="moved to"):
+        found = cache.records("quantization")
+    assert [r["key"] for r in found] == [good["key"]]
+    assert records.rows("quantization", "p", cache) == [{"a": 1, "profile": "p@1"}]
+    assert len(list((cache.root / "quarantine").rglob("*"))) >= 1
+    if oddity == "a-link":
+        assert (tmp_path / "outside.json").is_file()  # the link is moved, not its target
+
+
+@pytest.mark.parametrize("why", ["read-only", "quarantine-is-a-file"])
+def test_a_bad_record_that_cannot_be_moved_is_skipped_with_one_warning(tmp_path, why,
+                                                                       monkeypatch):
+    cache, good = odd_cache(tmp_path)
+    bad = cache.root / "quantization" / f"{'2' * 20}.json"
+    bad.write_text("{torn")
+    if why == "quarantine-is-a-file":
+        (cache.root / "quarantine").write_text("not a folder")
+    else:  # root may write anywhere; a read-only folder refuses the move like this
+        def refuse(src, dst):
+            raise PermissionError(30, "Read-only file system", str(src))
+        monkeypatch.setattr(os, "replace", refuse)
+    with pytest.warns(CacheWarning, match="could not be moved aside.*skipped") as seen:
+        assert [r["key"] for r in cache.records("quantization")] == [good["key"]]
+        assert [r["key"] for r in cache.records("quantization")] == [good["key"]]
+    assert len(seen) == 1 and bad.is_file()  # one warning, the file left where it was
+
+
+def test_a_journal_line_that_is_no_optuna_operation_sets_the_journal_aside(tmp_path,
+                                                                          undisturbed):
+    source, trials = undisturbed
+    for where in ("middle", "end"):
+        path = tmp_path / where / "s.journal"
+        path.parent.mkdir()
+        lines = source.read_bytes().rstrip(b"\n").split(b"\n")
+        lines.insert(len(lines) // 2 if where == "middle" else len(lines), b'{"op_code": 99}')
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        with pytest.warns(JournalWarning, match="no Optuna operation"):
+            again = search_once(f"journal:///{path}")
+        same_figures(again, trials)
+        assert len(list(path.parent.glob("s.journal.*.bad"))) == 1
+
+
+def fake_mnist(root: Path, monkeypatch, tamper: str | None = None) -> None:
+    """MNIST-format files (random digits), trusted by a checksum file the user names; the
+    file ``tamper`` is then changed after it was listed."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir(parents=True)
+    for stem, n in (("train", 300), ("t10k", 100)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+                          ("labels-idx1", rng.integers(0, 10, n))):
+            head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big")
+                                                        for d in arr.shape)
+            with gzip.open(root / "mnist" / f"{stem}-{kind}-ubyte.gz", "wb") as fh:
+                fh.write(head + arr.astype("uint8").tobytes())
+    listing = root.parent / "trusted.txt"
+    listing.write_text("".join(f"{realdata.md5(p)}  {p.relative_to(root)}\n"
+                               for p in (root / "mnist").iterdir()))
+    monkeypatch.setenv(realdata.TRUSTED_ENV, str(listing))
+    if tamper:
+        with gzip.open(root / "mnist" / tamper, "ab") as fh:
+            fh.write(b"\x00")
+
+
+def test_a_tampered_training_file_stops_the_real_task_chapter(tmp_path, monkeypatch):
+    from capq_lib.experiments.realtasks import image_data
+
+    root = tmp_path / "data"
+    fake_mnist(root, monkeypatch)
+    data = image_data("mnist", root, False, None, None)
+    assert "MNIST training set" in data.source  # untouched files: the real training split
+    shutil.rmtree(root)
+    fake_mnist(root, monkeypatch, tamper="train-images-idx3-ubyte.gz")
+    for kind in ("mnist", "cifar"):
+        with pytest.raises(realdata.Tampered, match="train-images-idx3-ubyte.gz fails its "
+                                                    "checksum.*delete it"):
+            image_data(kind, root, False, None, None)
+    # a crafted CIFAR batch stops the CIFAR task, it does not make MNIST stand in
+    (root / "mnist" / "train-images-idx3-ubyte.gz").unlink()
+    folder = root / realdata.CIFAR_DIR
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": [1], b"labels": [1]}))
+    with pytest.raises(realdata.Tampered, match="data_batch_1 fails its checksum"):
+        image_data("cifar", root, False, None, None)
+    shutil.rmtree(folder)  # absent: MNIST (here its test set split in two) stands in
+    assert "stand-in" in image_data("cifar", root, False, None, None).source
+
+
+def test_a_relative_results_folder_is_one_folder_for_the_book_and_capq_results(tmp_path):
+    from .conftest import run_capq
+
+    proc = run_capq("build", "--profile", "smoke", "--only", "mutual-information",
+                    "--execute-only", "--output", "out", results=Path("rel/results"),
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(run_capq("results", "mi-check", "--profile", "smoke",
+                               results=Path("rel/results"), cwd=tmp_path).stdout)
+    assert rows and (tmp_path / "rel" / "results" / "mi-check").is_dir()
+    assert not list((tmp_path / "out").rglob("rel"))  # nothing written under the stage
+
+
+def test_a_killed_download_leaves_nothing_for_long(tmp_path, monkeypatch):
+    import fcntl
+    import hashlib
+
+    src = tmp_path / "src.txt"
+    src.write_text("hello\n")
+    good = hashlib.md5(src.read_bytes()).hexdigest()
+    root = tmp_path / "data"
+    (root / "toy").mkdir(parents=True)
+    stale = root / "toy" / ".a.txt.k1ll3d.part"  # what kill -9 left
+    stale.write_bytes(b"half")
+    live = root / "toy" / ".a.txt.running.part"  # another process's download, in progress
+    live.write_bytes(b"part")
+    monkeypatch.setitem(realdata.FILES, "toy/a.txt",
+                        realdata.Remote(src.as_uri(), (good,)))
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert realdata.fetch("toy/a.txt", root).read_text() == "hello\n"
+        assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in (root / "toy").iterdir()) == [live.name, "a.txt"]
+
+
+def test_saved_nets_that_cannot_be_loaded_or_saved_are_named(tmp_path, monkeypatch):
+    import torch
+
+    from capq_lib.experiments.results import CacheError, sha256
+
+    cache = ResultsCache(tmp_path / "results")
+    record, _ = cache.compute("unit", CONFIG, lambda: ({"v": 1}, {"w": torch.ones(2)}), "cpu",
+                              artifact=True)
+    path = cache.artifact_path(record["key"])
+    path.write_bytes(b"not a torch file")
+    record["artifact"]["sha256"] = sha256(path)  # digest matches: only loading can tell
+    cache.path("unit", CONFIG).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{path.name} \(the saved nets of unit record .*"
+                                         r"cannot be loaded.*rebuild"):
+        cache.load_artifact("unit", record["key"], "rebuild")
+
+    def full_disk(obj, fh):
+        fh.write(b"x" * 10)
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 3776 "
+                           "vs 3696")
+    monkeypatch.setattr(torch, "save", full_disk)
+    other = ResultsCache(tmp_path / "other")
+    with pytest.raises(CacheError, match=r"could not write .*\.pt .*MiB free there.*nothing "
+                                         r"was kept"):
+        other.compute("unit", CONFIG, lambda: ({"v": 1}, {"w": torch.ones(2)}), "cpu",
+                      artifact=True)
+    assert not [p for p in other.root.rglob("*") if p.is_file()]
+
+
+def test_links_out_of_the_results_folder_are_not_written_through(tmp_path, monkeypatch):
+    from capq_lib.core.validate import ConfigError
+    from capq_lib.experiments.storage import Storage
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "notes.txt"
+    victim.write_text("mine\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setenv("CAPQ_RESULTS_DIR", str(results))
+    (results / "studies.journal").symlink_to(victim)
+    with pytest.raises(ConfigError, match="studies.journal is a symbolic link to .*outside "
+                                          "the results folder"):
+        Storage()
+    (results / "unit").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ConfigError, match="unit is a symbolic link"):
+        ResultsCache(results).compute("unit", CONFIG, lambda: {"v": 1}, "cpu")
+    assert victim.read_text() == "mine\n" and sorted(os.listdir(outside)) == ["notes.txt"]
+    # a link that stays inside the results folder is the user's own arrangement
+    (results / "elsewhere").mkdir()
+    (results / "unit2").symlink_to(results / "elsewhere", target_is_directory=True)
+    ResultsCache(results).compute("unit2", CONFIG, lambda: {"v": 1}, "cpu")

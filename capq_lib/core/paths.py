@@ -40,3 +40,22 @@ def workspace() -> Path:
         return PROJECT_ROOT / "data"
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "capq"
+
+
+#: environment variables that name files or folders, made absolute once at start
+PATH_VARIABLES = ("CAPQ_RESULTS_DIR", "CAPQ_DATA_DIR", "CAPQ_TRUSTED_CHECKSUMS")
+JOURNAL = "journal://"
+
+
+def absolute_environment() -> None:
+    """Make every path the environment names absolute, once, at start: chapters run in
+    kernels whose working folder is the stage, so a relative ``CAPQ_RESULTS_DIR`` would
+    split the cache between what a chapter writes and what ``capq results`` reads. A
+    ``journal://`` storage with a relative path is made absolute the same way."""
+    for var in PATH_VARIABLES:
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().absolute())
+    storage = os.environ.get("CAPQ_STORAGE", "")
+    if storage.startswith(JOURNAL) and storage[len(JOURNAL):]:
+        os.environ["CAPQ_STORAGE"] = JOURNAL + str(
+            Path(storage[len(JOURNAL):]).expanduser().absolute())

@@ -25,6 +25,8 @@ SCHEDULES = ("cosine", "step", "constant")
 #: SGD with momentum (the paper's choice for FCDNNs) or Adam, whose beta1 is ``momentum``;
 #: the paper lists the optimizer among the hyperparameters its grid search may pick
 OPTIMIZERS = ("sgd", "adam")
+#: more epochs than any budget here could run: a typo (1e15), not a plan
+MAX_EPOCHS = 10**6
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 #: the parts of a recipe each member of a population may set for itself
 PER_MEMBER = ("lr", "momentum", "decay_factor")
@@ -52,7 +54,7 @@ class Recipe:
     race_at: float = 0.25
 
     def __post_init__(self) -> None:
-        validate.integer("epochs", self.epochs, lo=1)
+        validate.integer("epochs", self.epochs, lo=1, hi=MAX_EPOCHS)
         validate.number("lr", self.lr, lo=0.0, hi=10.0, lo_open=True)
         validate.number("momentum", self.momentum, lo=0.0, hi=0.999)
         validate.choice("schedule", self.schedule, SCHEDULES)

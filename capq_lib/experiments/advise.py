@@ -65,6 +65,16 @@ def measured(profile: str | None = None, cache: ResultsCache | None = None,
         ["family", "model", "n_samples"], keep="last").reset_index(drop=True)
 
 
+def apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` printed with the fewest significant digits (3 at least) that tell
+    them apart, so that a refusal never reads "2 is above 2"."""
+    for digits in range(3, 17):
+        x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if x != y:
+            return x, y
+    return repr(a), repr(b)
+
+
 def advise(family: str, params: int, samples: int, table: pd.DataFrame) -> Advice:
     """Recommend a bit width for a ``family`` net of ``params`` weights holding ``samples``."""
     validate.choice("family", family, FAMILIES)
@@ -85,9 +95,10 @@ def advise(family: str, params: int, samples: int, table: pd.DataFrame) -> Advic
     ratio = samples / params
     top = float(mine.data_per_param.max())
     if ratio > top:
+        shown, limit = apart(ratio, top)
         raise validate.ConfigError(
-            f"samples per parameter (samples / params = {ratio:.3g}) is above the largest "
-            f"measured for {family} ({top:.3g}, at the model's capacity): beyond it a net no "
+            f"samples per parameter (samples / params = {shown}) is above the largest "
+            f"measured for {family} ({limit}, at the model's capacity): beyond it a net no "
             f"longer memorizes everything, and we have no measurement to advise from")
     # per model, the smallest measured ratio at or above the query
     above = mine[mine.data_per_param >= ratio].sort_values("data_per_param")

@@ -198,7 +198,8 @@ def measure_training_length(study: CapacityStudy, result: CapacityResult,
                 for m, o in zip(members, out.members if out else [], strict=True)]}
 
         bar.set_postfix_str(f"{spec.name} x{factor:g}")
-        record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev))
+        record, _ = cache.compute(TRAINING_LENGTH_KIND, config, run, describe(dev),
+                                  label=study.profile)
         rows += record["result"]["rows"]
         bar.update(1)
     bar.close()

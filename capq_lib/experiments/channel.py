@@ -67,7 +67,7 @@ def mi_check(check: MICheck, cache: ResultsCache | None = None) -> pd.DataFrame:
                         "empirical_std": float(est.std(ddof=1)), "repeats": check.repeats,
                         "profile": check.profile}
 
-            record, _ = cache.compute(KIND, config, run, "cpu")
+            record, _ = cache.compute(KIND, config, run, "cpu", label=check.profile)
             rows.append(record["result"])
     df = pd.DataFrame(rows)
     df["relative_error"] = (df.empirical_mean - df.formula) / df.n_samples

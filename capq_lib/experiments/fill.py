@@ -137,7 +137,7 @@ def measure_fill(study: QuantizationStudy, device: str = "auto",
             return {"profile": study.profile, "rows": run_fill(study, spec, recipe, dev)}
 
         record, _ = cache.compute(EXPERIMENT, fill_config(study, spec, recipe), compute,
-                                  describe(dev))
+                                  describe(dev), label=study.profile)
         rows += [{**r, "profile": study.profile, "key": record["key"]}
                  for r in record["result"]["rows"]]
         bar.update(1)

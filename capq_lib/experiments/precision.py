@@ -550,7 +550,8 @@ def measure_quantization(study: QuantizationStudy, device: str = "auto",
             return {"profile": study.profile, "rows": records}, nets
 
         # the nets are part of the record: saved before it, and a record without them a miss
-        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True)
+        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True,
+                                  label=study.profile)
         # the labels come from the unit (records cached before labels existed lack them)
         rows += [{**r, **labels(unit, point), "profile": study.profile, "key": record["key"]}
                  for r in record["result"]["rows"]]

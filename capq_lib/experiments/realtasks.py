@@ -51,6 +51,8 @@ from capq_lib.nets.models import count_parameters
 from capq_lib.nets.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM
 
 TASKS = ("mnist", "cifar", "resnet", "lm")
+#: the CIFAR CNNs by size (nets/taskmodels.py)
+CIFAR_SIZES = ("tiny", "small", "large")
 EXPERIMENT = "real-tasks"
 #: what one item of a task's data is
 UNIT = {"mnist": "images", "cifar": "images", "resnet": "images", "lm": "tokens"}
@@ -127,17 +129,17 @@ def image_data(kind: str, root: Path | None, online: bool, max_train: int | None
             train, test = realdata.cifar10("train", root, online), realdata.cifar10("test", root,
                                                                                      online)
             names = ("CIFAR-10 training set", "CIFAR-10 test set")
-        except realdata.DataError:
+        except realdata.Missing:
             if not realdata.available("mnist/t10k-images-idx3-ubyte.gz", root):
                 raise
     if train is None:
         try:
             if not (realdata.available("mnist/train-images-idx3-ubyte.gz", root) or online):
-                raise realdata.DataError("no MNIST training split")
+                raise realdata.Missing("no MNIST training split")
             train, test = realdata.mnist("train", root, online), realdata.mnist("test", root,
                                                                                  online)
             names = ("MNIST training set", "MNIST test set")
-        except realdata.DataError:
+        except realdata.Missing:
             x, y = realdata.mnist("test", root, online=False)
             train, test = _split(x, y, min(2000, len(x) // 5), seed)
             names = ("training part", "test part")
@@ -192,7 +194,7 @@ def lm_data(root: Path | None, online: bool, batch: int = LM_COLUMNS, max_train:
     try:
         train_words = realdata.ptb_tokens("train", root, online)
         names = ("PTB training split", "PTB test split")
-    except realdata.DataError:
+    except realdata.Missing:
         train_words = realdata.ptb_tokens("valid", root, online=False)
         names = ("PTB validation split (the training split is not available here)",
                  "PTB test split")
@@ -394,7 +396,7 @@ class RealTaskStudy:
         for w in self.mnist_widths:
             validate.integer("mnist_widths", w, lo=1, hi=65536)
         for s in self.cifar_sizes:
-            validate.choice("cifar_sizes", s, ("tiny", "small", "large"))
+            validate.choice("cifar_sizes", s, CIFAR_SIZES)
         for d in self.resnet_depths:
             validate.integer("resnet_depths", d, lo=8, hi=1202)
             if (d - 2) % 6:
@@ -423,6 +425,11 @@ class RealTaskStudy:
         for t in TASKS:
             validate.integer(f"batch_size[{t!r}]", self.batch(t), lo=1, hi=1 << 20)
         validate.choice("step_rule", self.step_rule, ("l2", "max"))
+        for name in ("direct", "online"):
+            if not isinstance(getattr(self, name), bool):
+                raise validate.ConfigError(f"{name} must be true or false, got "
+                                           f"{getattr(self, name)!r}")
+        validate.integer("seed", self.seed, lo=0)
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> RealTaskStudy:
@@ -569,8 +576,10 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
 
         # the net is part of its record: a lost .pt makes the record a miss, so it is
         # trained (and saved) again instead of orphaning the loss-surface chapter
-        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True)
-        rows += [{**r, "key": record["key"]} for r in record["result"]["rows"]]
+        record, _ = cache.compute(EXPERIMENT, config, compute, describe(dev), artifact=True,
+                                  label=study.profile)
+        rows += [{**r, "profile": study.profile, "key": record["key"]}
+                 for r in record["result"]["rows"]]
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
@@ -815,7 +824,8 @@ def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequ
                     for s, ev in evs.items()], ignore_index=True)
                 return {"profile": profile, "rows": df.to_dict("records")}
 
-            rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, describe(dev))
+            rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, describe(dev),
+                                   label=profile)
             parts.append(pd.DataFrame(rec["result"]["rows"]))
             bar.update(1)
     bar.close()

@@ -27,9 +27,22 @@ def profile_matches(label: str | None, wanted: str | None) -> bool:
 
 def of_profile(kind: str, profile: str | None,
                cache: ResultsCache | None = None) -> list[dict[str, Any]]:
-    """The complete records of ``kind`` under ``profile``, oldest first."""
-    return [r for r in (cache or ResultsCache()).records(kind)
-            if profile_matches(r["result"].get("profile"), profile)]
+    """The complete records of ``kind`` under ``profile``, oldest first: those it made and
+    those it reused from another profile (the cache notes each reuse), the latter labelled
+    with ``profile``'s own identity, so a profile's chapters always find each other's."""
+    cache = cache or ResultsCache()
+    used = cache.uses(kind)
+    out = []
+    for record in cache.records(kind):
+        own = record["result"].get("profile")
+        if profile is None:
+            out.append(record)
+            continue
+        for label in [own, *sorted(used.get(record["key"], set()) - {own})]:
+            if profile_matches(label, profile):
+                out.append(record if label == own else
+                           {**record, "result": {**record["result"], "profile": label}})
+    return out
 
 
 def rows(kind: str, profile: str | None, cache: ResultsCache | None = None,
@@ -55,8 +68,10 @@ def summaries(kind: str, profile: str | None = None,
 
 
 def labels(kind: str, cache: ResultsCache | None = None) -> set[str]:
-    """The profile labels that records of ``kind`` carry."""
-    return {str(r["result"].get("profile")) for r in (cache or ResultsCache()).records(kind)}
+    """The profile labels that records of ``kind`` carry, or that reuse them."""
+    cache = cache or ResultsCache()
+    used = {x for labels in cache.uses(kind).values() for x in labels}
+    return {str(r["result"].get("profile")) for r in cache.records(kind)} | used
 
 
 def other_configurations(identity: str, cache: ResultsCache | None = None) -> list[str]:

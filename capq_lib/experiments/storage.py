@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from capq_lib.core.validate import ConfigError
-from capq_lib.experiments.results import results_dir
+from capq_lib.experiments.results import refuse_link_out, results_dir
 
 JOURNAL_SCHEME = "journal://"
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -48,8 +48,17 @@ def default_url() -> str:
 
 
 def heartbeat_grace_s() -> float:
-    """How long a trial may go without a heartbeat before it counts as abandoned."""
-    return float(os.environ.get("CAPQ_HEARTBEAT_GRACE_S", "300"))
+    """How long a trial may go without a heartbeat before it counts as abandoned
+    (``$CAPQ_HEARTBEAT_GRACE_S`` seconds, 300 by default)."""
+    raw = os.environ.get("CAPQ_HEARTBEAT_GRACE_S", "300")
+    try:
+        grace = float(raw)
+    except ValueError:
+        grace = float("nan")
+    if not 1 <= grace <= 7 * 86400:
+        raise ConfigError(f"CAPQ_HEARTBEAT_GRACE_S must be a number of seconds in [1, 604800]; "
+                          f"got {raw!r}")
+    return grace
 
 
 class JournalWarning(UserWarning):
@@ -106,42 +115,82 @@ def repair_journal(path: Path) -> str:
         lock.release()
 
 
+def journal_path(url: str) -> Path:
+    """The file of a ``journal://`` storage URL."""
+    return Path(url[len(JOURNAL_SCHEME):]).expanduser()
+
+
+def check_url(url: object) -> str:
+    """``url`` if it names a storage a sweep can use (its form only: nothing is opened), else
+    a ConfigError saying what is allowed. A notebook's ``storage`` parameter is checked with
+    this when its chapter is configured, before any training."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"storage must be a SQLAlchemy URL (postgresql://user@host/db, "
+                          f"sqlite:///path.db, ...) or journal:///path, or None; got {url!r}")
+    if url.startswith(JOURNAL_SCHEME):
+        if not journal_path(url).name:
+            raise ConfigError(f"storage {url!r}: a journal URL needs a file path, "
+                              f"e.g. journal:///abs/path/capq.journal")
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception as err:  # noqa: BLE001 - sqlalchemy raises several kinds
+        raise ConfigError(
+            f"storage must be a SQLAlchemy URL (postgresql://user@host/db, "
+            f"sqlite:///path.db, ...) or journal:///path; got {url!r}") from err
+    if parsed.get_backend_name() not in SQL_SCHEMES:
+        raise ConfigError(f"storage must be a SQLAlchemy URL of one of "
+                          f"{', '.join(SQL_SCHEMES)}, or journal:///path; got {url!r}")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"storage {url!r} is an in-memory database: a sweep would "
+                          f"keep nothing; name a file (sqlite:///path/capq.db)")
+    return url
+
+
+def replayable(path: Path, backend: optuna.storages.journal.JournalFileBackend
+               ) -> optuna.storages.JournalStorage:
+    """The journal's storage, once Optuna has replayed every line. A line that is valid JSON
+    but no operation Optuna knows (or one it cannot apply) stops the replay; such a journal
+    cannot be mended line by line (each operation builds on those before it), so it is set
+    aside (kept) with a warning and a new one starts: the search then runs again, to the same
+    figures, and nothing needs editing by hand."""
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except Exception as err:  # noqa: BLE001 - Optuna's replay asserts, indexes, looks up
+        kept = _aside(path)
+        os.replace(path, kept)
+        warnings.warn(f"capq: the journal {path} holds a line that is no Optuna operation "
+                      f"({type(err).__name__}: {str(err)[:80]}); it was moved to {kept} and a "
+                      f"new journal started (trials not in the results cache are run again)",
+                      JournalWarning, stacklevel=3)
+        return optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(path)))
+
+
 class Storage:
     """An Optuna storage plus the lock that serializes claims on it."""
 
     def __init__(self, url: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = check_url(url or default_url())
+        heartbeat_grace_s()  # a bad $CAPQ_HEARTBEAT_GRACE_S stops a worker before it claims
         self._lock_path: Path | None = None
         self._engine = None
         if self.url.startswith(JOURNAL_SCHEME):
-            path = Path(self.url[len(JOURNAL_SCHEME):]).expanduser()
-            if not path.name:
-                raise ConfigError(f"storage {self.url!r}: a journal URL needs a file path, "
-                                  f"e.g. journal:///abs/path/capq.journal")
+            path = journal_path(self.url)
             try:
+                refuse_link_out(path, results_dir())
                 path.parent.mkdir(parents=True, exist_ok=True)
                 repair_journal(path)
                 backend = optuna.storages.journal.JournalFileBackend(str(path))
+                self.optuna = replayable(path, backend)
             except OSError as err:
                 raise ConfigError(f"storage {self.url!r} is unreachable: {err}") from err
-            self.optuna = optuna.storages.JournalStorage(backend)
             self._lock_path = path.with_name(path.name + ".claim-lock")  # not Optuna's .lock
             return
         self.optuna = self._rdb()
 
     def _rdb(self) -> optuna.storages.RDBStorage:
-        try:
-            parsed = make_url(self.url)
-        except Exception as err:  # noqa: BLE001 - sqlalchemy raises several kinds
-            raise ConfigError(
-                f"storage must be a SQLAlchemy URL (postgresql://user@host/db, "
-                f"sqlite:///path.db, ...) or journal:///path; got {self.url!r}") from err
-        if parsed.get_backend_name() not in SQL_SCHEMES:
-            raise ConfigError(f"storage must be a SQLAlchemy URL of one of "
-                              f"{', '.join(SQL_SCHEMES)}, or journal:///path; got {self.url!r}")
-        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-            raise ConfigError(f"storage {self.url!r} is an in-memory database: a sweep would "
-                              f"keep nothing; name a file (sqlite:///path/capq.db)")
+        parsed = make_url(self.url)
         storage = None
         for attempt in range(5):  # workers starting together race to create the schema
             try:

@@ -219,6 +219,7 @@ def measure_trained_mi(check: TrainedMICheck, device: str = "auto",
                                      "population_units": len(todo)},
                                     describe(dev), wall / len(todo))
         for n in ns:
+            cache.label(have[n], check.profile)
             rows += [{**r, "profile": have[n]["result"]["profile"], "n_per_param": ratio[n]}
                      for r in have[n]["result"]["rows"]]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -15,6 +15,8 @@ same code reads downloaded files, a local copy, and the small files the tests wr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import pickle
@@ -37,6 +39,15 @@ from capq_lib.core.progress import bar as progress_bar
 
 class DataError(validate.ConfigError):
     """A dataset file is missing (offline) or fails its checksum."""
+
+
+class Missing(DataError):
+    """A dataset file is not there and cannot be downloaded: what stands in may be used."""
+
+
+class Tampered(DataError):
+    """A dataset file is there but is not the dataset (its checksum or format is wrong): it
+    must never be replaced quietly by a stand-in, so this stops whoever asked for it."""
 
 
 @dataclass(frozen=True)
@@ -80,38 +91,70 @@ def md5(path: Path) -> str:
     return file_digest(path, "md5")
 
 
+def remove_stale_parts(dest: Path) -> list[Path]:
+    """Delete the partial downloads of ``dest`` that no running download holds (each
+    download keeps an exclusive lock on its own ``.part`` file): what a killed download left
+    behind goes at the next try, a download in progress elsewhere is left alone."""
+    removed = []
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        try:
+            with open(part, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                part.unlink()
+                removed.append(part)
+        except OSError:  # locked by a running download, or gone already
+            continue
+    return removed
+
+
 def download(url: str, dest: Path, digests: Sequence[str], retries: int = 3,
              progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` through a temporary file in the same folder, with a progress
     bar and up to ``retries`` further tries after a network error (waiting 2, 4, 8 s); the
     file only takes its name once its MD5 is one of ``digests`` (a wrong file is deleted,
-    and not tried again: a mirror that serves it would serve it again)."""
+    and not tried again: a mirror that serves it would serve it again). The temporary file
+    is removed on any exit this process sees; one left by a killed process is removed by
+    the next download of the same file. A folder made for it and left empty is removed."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(retries + 1):
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
-                total = int(src.headers.get("Content-Length") or 0) or None
-                with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
-                                  disable=not progress, leave=False) as bar:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        out.write(block)
-                        bar.update(len(block))
-            got = md5(Path(tmp))
-            if got not in digests:
-                raise DataError(f"{url} failed its checksum: MD5 {got}, expected {digests[0]}; "
-                                f"the download was deleted")
-            os.replace(tmp, dest)
-            return dest
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
-            if attempt == retries or not url.startswith(("http:", "https:")):
+    remove_stale_parts(dest)
+    try:
+        for attempt in range(retries + 1):
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.",
+                                       suffix=".part")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours until it is renamed
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as src:
+                    total = int(src.headers.get("Content-Length") or 0) or None
+                    with progress_bar(total=total, unit="B", unit_scale=True, desc=dest.name,
+                                      disable=not progress, leave=False) as bar:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            out.write(block)
+                            bar.update(len(block))
+                got = md5(Path(tmp))
+                if got not in digests:
+                    raise Tampered(f"{url} failed its checksum: MD5 {got}, expected "
+                                   f"{digests[0]}; the download was deleted")
+                os.replace(tmp, dest)
+                return dest
+            except OSError:
+                Path(tmp).unlink(missing_ok=True)
+                if attempt == retries or not url.startswith(("http:", "https:")):
+                    raise
+                time.sleep(2 ** (attempt + 1))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
                 raise
-            time.sleep(2 ** (attempt + 1))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    raise AssertionError("unreachable")
+        raise AssertionError("unreachable")
+    except BaseException:
+        for folder in made:  # innermost first: only folders this call made, once empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+#: URL schemes a download may use (``--mirror`` included)
+SCHEMES = ("http://", "https://", "file://")
 
 
 #: the files of each dataset, for ``capq data fetch``
@@ -126,6 +169,11 @@ def fetch_dataset(name: str, root: Path | None = None, mirror: str | None = None
     downloaded (from ``mirror`` + their path, when given, e.g. ``file:///srv/data/``)."""
     validate.choice("dataset", name, [*DATASETS, "all"])
     validate.integer("retries", retries, lo=0, hi=10)
+    if mirror is not None and not (isinstance(mirror, str) and mirror.startswith(SCHEMES)
+                                   and len(mirror) > len("file://")):
+        raise validate.ConfigError(f"mirror must be a URL starting with "
+                                   f"{', '.join(SCHEMES)} (e.g. file:///srv/data or "
+                                   f"https://host/capq-data); got {mirror!r}")
     root = root or data_dir()
     out = []
     for rel in (n for d in (DATASETS if name == "all" else [name]) for n in DATASETS[d]):
@@ -136,7 +184,9 @@ def fetch_dataset(name: str, root: Path | None = None, mirror: str | None = None
         url = mirror.rstrip("/") + "/" + rel if mirror else FILES[rel].url
         try:
             out.append(download(url, path, FILES[rel].md5, retries, progress))
-        except OSError as err:
+        except DataError:
+            raise
+        except (OSError, ValueError) as err:
             raise DataError(f"{rel} could not be downloaded from {url} ({err})") from None
     return out
 
@@ -188,7 +238,7 @@ def verify(path: Path, name: str, digests: Sequence[str]) -> Path:
     """``path`` when its MD5 is one of ``digests`` or trusted for ``name``; else a clear error."""
     got = md5(path)
     if got not in digests and got not in trusted().get(name, set()):
-        raise DataError(f"{path} fails its checksum (MD5 {got}, expected one of "
+        raise Tampered(f"{path} fails its checksum (MD5 {got}, expected one of "
                         f"{', '.join(digests)}): it was not read; delete it to download it "
                         f"again, or name a checksum file in ${TRUSTED_ENV} that lists it")
     return path
@@ -203,13 +253,15 @@ def fetch(name: str, root: Path | None = None, online: bool = True) -> Path:
     if path.exists():
         return verify(path, name, remote.md5)
     if not online:
-        raise DataError(f"{path} is missing and downloads are off; `capq data fetch "
+        raise Missing(f"{path} is missing and downloads are off; `capq data fetch "
                         f"{name.split('/')[0]}` downloads it (where the machine is online), or "
                         f"point CAPQ_DATA_DIR at a folder that has it")
     try:
         return download(remote.url, path, remote.md5)
-    except OSError as err:
-        raise DataError(f"{name} is not under {root} and could not be downloaded from "
+    except DataError:
+        raise
+    except (OSError, ValueError) as err:
+        raise Missing(f"{name} is not under {root} and could not be downloaded from "
                         f"{remote.url} ({err}); set CAPQ_DATA_DIR to a folder that has it"
                         ) from None
 
@@ -226,12 +278,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
+        raise Tampered(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"{path}: header says {shape}, file holds {data.size} values")
+        raise Tampered(f"{path}: header says {shape}, file holds {data.size} values")
     return data.reshape(shape)
 
 
@@ -290,9 +342,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as err:
-        raise DataError(f"{path} is not a CIFAR-10 batch: {err}") from None
+        raise Tampered(f"{path} is not a CIFAR-10 batch: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise DataError(f"{path} is not a CIFAR-10 batch (data {data.shape})")
+        raise Tampered(f"{path} is not a CIFAR-10 batch (data {data.shape})")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -13,17 +13,22 @@ import ast
 from collections.abc import Callable
 from typing import Any
 
-from capq_lib.core import validate
+from IPython import get_ipython
+
+from capq_lib.core import plain, validate
+from capq_lib.core.devices import resolve_device
+from capq_lib.engine.quantize import check_bits
 from capq_lib.engine.surface import SurfaceConfig
 from capq_lib.experiments.channel import MICheck
 from capq_lib.experiments.precision import QuantizationStudy
-from capq_lib.experiments.realtasks import RealTaskStudy
+from capq_lib.experiments.realtasks import CIFAR_SIZES, RealTaskStudy
 from capq_lib.experiments.search import (
     CNNCapacityStudy,
     FCDNNCapacityStudy,
     FCDNNCNNRecipeStudy,
     RNNCapacityStudy,
 )
+from capq_lib.experiments.storage import check_url
 from capq_lib.experiments.trained_mi import TrainedMICheck
 
 Namespace = dict[str, Any]
@@ -31,8 +36,30 @@ Namespace = dict[str, Any]
 COMMON = ("profile", "device")
 
 
+def _storage(ns: Namespace) -> None:
+    if ns["storage"] is not None:
+        check_url(ns["storage"])
+
+
+def _fcdnn(ns: Namespace) -> list[Any]:
+    study = FCDNNCapacityStudy.from_namespace(ns)
+    _storage(ns)
+    validate.choice("fig1a_depth", ns["fig1a_depth"], study.depths)
+    validate.choice("fig1b_width", ns["fig1b_width"], study.widths)
+    validate.choice("fig2a_model", ns["fig2a_model"], [s.name for s in study.specs()])
+    return [study]
+
+
+def _rnn(ns: Namespace) -> list[Any]:
+    study = RNNCapacityStudy.from_namespace(ns)
+    _storage(ns)
+    validate.choice("fig_units", ns["fig_units"], study.units)
+    return [study]
+
+
 def _cnn(ns: Namespace) -> list[Any]:
     study = CNNCapacityStudy.from_namespace(ns)
+    _storage(ns)
     for f in ns["length_factors"]:
         validate.number("length_factors", f, lo=0.01, hi=100)
     validate.integer("length_seeds", ns["length_seeds"], lo=0)
@@ -52,20 +79,31 @@ def _mi(ns: Namespace) -> list[Any]:
 def _surfaces(ns: Namespace) -> list[Any]:
     validate.integer("samples", ns["samples"], lo=2)
     validate.number("within", ns["within"], lo=0)
+    for size in validate.non_empty("cnn_models", ns["cnn_models"]):
+        validate.choice("cnn_models", size, CIFAR_SIZES)
+    for units in validate.non_empty("lm_models", ns["lm_models"]):
+        validate.integer("lm_models", units, lo=1, hi=8192)
+    for width in validate.non_empty("widths", ns["widths"]):
+        if width != "float":
+            if not (isinstance(width, str) and width.isdigit()):
+                raise validate.ConfigError(f"widths must be 'float' or a bit width as text "
+                                           f"('8', '4', ...); got {width!r}")
+            check_bits(int(width))
     return [SurfaceConfig(ns["alpha_min"], ns["alpha_max"], ns["points"], ns["directions"])]
 
 
 def _fill(ns: Namespace) -> list[Any]:
     return [QuantizationStudy.from_namespace(
-        {**ns, "fc_models": ns["fill_models"], "cnn_models": [], "rnn_models": []})]
+        {**{k: ns[k] for k in ns}, "fc_models": ns["fill_models"], "cnn_models": [],
+         "rnn_models": []})]
 
 
 CONFIGURE: dict[str, Callable[[Namespace], list[Any]]] = {
     "intro": lambda ns: [],
     "mutual-information": _mi,
-    "fcdnn-capacity": lambda ns: [FCDNNCapacityStudy.from_namespace(ns)],
+    "fcdnn-capacity": _fcdnn,
     "cnn-capacity": _cnn,
-    "rnn-capacity": lambda ns: [RNNCapacityStudy.from_namespace(ns)],
+    "rnn-capacity": _rnn,
     "quantization": lambda ns: [QuantizationStudy.from_namespace(ns)],
     "bits-needed": _fill,
     "real-tasks": lambda ns: [RealTaskStudy.from_namespace(ns)],
@@ -84,12 +122,34 @@ def defaults(parameters: dict[str, dict[str, Any]]) -> Namespace:
     return out
 
 
+class Reads(dict):
+    """A namespace that remembers which names were read: a parameter that a chapter's
+    configuration never reads is a parameter nobody checks (a test keeps that list empty)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def configure(chapter: str, namespace: Namespace) -> list[Any]:
-    """The chapter's configuration objects (studies, checks), each validated on creation."""
+    """The chapter's configuration objects (studies, checks), each validated on creation,
+    after the parameters every chapter takes (``device``, ``profile``)."""
     if chapter not in CONFIGURE:
         raise validate.ConfigError(f"chapter must be one of {', '.join(CONFIGURE)}; "
                                    f"got {chapter!r}")
     try:
+        resolve_device(namespace["device"])
+        if not isinstance(namespace["profile"], str) or not namespace["profile"]:
+            raise validate.ConfigError(f"profile must be a non-empty text (a label for the "
+                                       f"records), got {namespace['profile']!r}")
         return CONFIGURE[chapter](namespace)
     except KeyError as err:
         raise validate.ConfigError(f"chapter {chapter}: parameter {err} is missing") from None
@@ -108,22 +168,83 @@ def _assigned(source: str) -> list[str]:
             if isinstance(t, ast.Name)]
 
 
-def check_parameters(namespace: Namespace) -> None:
-    """Refuse parameters that papermill injected but the notebook does not know.
+def check_parameters(namespace: Namespace, chapter: str | None = None) -> None:
+    """A notebook's guard, before it computes anything: refuse parameters that papermill
+    injected but the notebook does not know, then build ``chapter``'s configuration from
+    the namespace, so that a bad value (or ``device="cuda"`` on a machine without one) stops
+    the notebook at once, as ``capq build`` would have stopped before running it.
 
     Papermill (``-p``, ``-y``, ``-f``) only warns about a misspelt name and runs the full
     default study; this looks at the cell papermill injected (it starts with
     ``# Parameters``) and at the cell before it (the notebook's ``parameters`` cell) in the
-    kernel's history, and stops before anything is computed. Outside papermill it does
-    nothing."""
+    kernel's history."""
     history = [str(h) for h in namespace.get("In", [])]
-    injected = [i for i, src in enumerate(history) if src.lstrip().startswith("# Parameters")]
-    if not injected or injected[-1] == 0:
+    injected = [i for i, src in enumerate(history) if src.lstrip().startswith(INJECTED)]
+    if injected and injected[-1] > 0:
+        i = injected[-1]
+        known = set(_assigned(history[i - 1])) | set(COMMON)
+        unknown = [n for n in _assigned(history[i]) if n not in known]
+        if unknown:
+            raise validate.ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)}; this notebook's parameters: "
+                f"{', '.join(sorted(known))}")
+    if chapter is not None:
+        configure(chapter, namespace)
+
+
+#: how papermill's injected cell starts (papermill writes this comment first)
+INJECTED = "# Parameters"
+
+
+def injected_problem(source: str) -> str | None:
+    """What is wrong with papermill's injected cell, or None when it only assigns plain
+    values (text, numbers, booleans, None, lists and dicts of those) to names.
+
+    Papermill writes each parameter into the notebook as code, and a value it does not
+    expect (``bytes``, which YAML's ``!!binary`` makes) is written unescaped, so a parameter
+    file could carry code into the kernel. Read as Python, such a cell is no longer a list of
+    literal assignments, which is what this checks."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        return f"papermill's parameter cell is not valid Python (line {err.lineno})"
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+            else None
+        if not isinstance(target, ast.Name):
+            return (f"papermill's parameter cell holds a statement that assigns no parameter "
+                    f"(line {node.lineno})")
+        try:
+            value = ast.literal_eval(node.value)
+            plain.check(value, target.id)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return (f"parameter {target.id}: papermill wrote code, not a value, into the "
+                    f"notebook (a parameter file with a !!binary or other non-plain value?); "
+                    f"nothing was run; allowed values: text, numbers, true/false, null, lists "
+                    f"and mappings")
+        except validate.ConfigError as err:
+            return f"parameter {err}"
+    return None
+
+
+def _guard(lines: list[str]) -> list[str]:
+    """An IPython input transformer: papermill's injected cell runs only if it holds values
+    alone; otherwise it is replaced by a cell that raises, naming the parameter."""
+    if not lines or not lines[0].startswith(INJECTED):
+        return lines
+    problem = injected_problem("".join(lines))
+    if problem is None:
+        return lines
+    return ["from capq_lib.core.validate import ConfigError\n",
+            f"raise ConfigError({problem!r})\n"]
+
+
+def guard_injected_parameters() -> None:
+    """Check papermill's injected cell before it runs (not after, when its code would have
+    run already): every notebook calls this in a hidden cell before its parameters."""
+    shell = get_ipython()
+    if shell is None:  # not in IPython: nothing can be injected
         return
-    i = injected[-1]
-    known = set(_assigned(history[i - 1])) | set(COMMON)
-    unknown = [n for n in _assigned(history[i]) if n not in known]
-    if unknown:
-        raise validate.ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)}; this notebook's parameters: "
-            f"{', '.join(sorted(known))}")
+    cleanup = shell.input_transformers_cleanup
+    if _guard not in cleanup:
+        cleanup.insert(0, _guard)

@@ -12,8 +12,10 @@ import yaml
 
 from capq_lib import __version__
 from capq_lib.core.devices import DEVICE_CHOICES
+from capq_lib.core.paths import absolute_environment
 from capq_lib.core.validate import ConfigError
 from capq_lib.experiments import records
+from capq_lib.experiments.advise import EXPERIMENT as ADVICE_KIND
 from capq_lib.experiments.advise import advise, measured
 from capq_lib.experiments.search import STUDIES, run_worker
 from capq_lib.nets import realdata
@@ -57,10 +59,13 @@ def result_rows(name: str, profile: str | None = None) -> list[dict]:
     labels = records.labels(name)
     if profile is not None:
         mine = sorted({str(r["profile"]) for r in rows})
-        if not rows and profile.split("@")[0] not in profiles.available():
-            raise ConfigError(f"--profile {profile!r} matches no records of {name} and no "
-                              f"profile; profiles: {', '.join(profiles.available())}; with "
-                              f"records: {', '.join(sorted(labels)) or 'none yet'}")
+        if not rows:
+            known = profile.split("@")[0] in profiles.available()
+            raise ConfigError(f"--profile {profile!r} matches no records of {name}"
+                              f"{'' if known else ' and no profile'}; profiles with records "
+                              f"of {name}: {', '.join(sorted(labels)) or 'none yet'}"
+                              + (f" (build its chapter first: capq build --profile "
+                                 f"{profile.split('@')[0]})" if known else ""))
         if len(mine) > 1:
             print(f"capq: note: records of {len(mine)} configurations of profile {profile!r} "
                   f"({', '.join(mine)}); pass one of them as --profile to see one",
@@ -125,6 +130,11 @@ def data_command(args: argparse.Namespace) -> int:
 
 def advise_command(args: argparse.Namespace) -> int:
     """Recommend bits per weight from the quantization chapter's measurements."""
+    if args.profile is not None:
+        labels = records.labels(ADVICE_KIND)
+        if not any(records.profile_matches(x, args.profile) for x in labels):
+            raise ConfigError(f"--profile {args.profile!r} has no quantization records; "
+                              f"profiles with some: {', '.join(sorted(labels)) or 'none yet'}")
     advice = advise(args.family, args.params, args.samples, measured(args.profile))
     print(advice.text())
     print("evidence:")
@@ -195,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="use measurements of this profile only (default: all)")
 
     args = parser.parse_args(argv)
+    absolute_environment()
     try:
         if args.command == "build":
             report = build(args.profile, args.device, args.only, args.output, args.execute_only,

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from capq_lib.core import plain
 from capq_lib.core.paths import BOOK_ROOT
 from capq_lib.core.validate import ConfigError
 
@@ -61,25 +61,28 @@ def available() -> list[str]:
 
 
 def load(name_or_path: str) -> Profile:
-    """Load a profile by name (book/profiles/NAME.yaml) or by path, checking its shape."""
+    """Load a profile by name (book/profiles/NAME.yaml) or by path, checking its shape. A
+    name with a path separator (or a leading dot) is a path, never a name: ``../x`` does not
+    reach outside the profiles folder."""
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
+    as_path = (path.suffix in (".yaml", ".yml") or "/" in name_or_path
+               or os.sep in name_or_path or name_or_path.startswith("."))
+    if not as_path:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
+        if not name_or_path or not path.is_file():
             raise ConfigError(f"profile must be one of {', '.join(available())} "
                               f"(or a path to a .yaml file); got {name_or_path!r}")
+    elif path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"profile {name_or_path!r} is a path (it has a separator) but not "
+                          f"a .yaml file; give a profile name ({', '.join(available())}) or "
+                          f"a path ending in .yaml")
     elif not path.is_file():
         raise ConfigError(f"profile file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise ConfigError(f"profile file {path} is not text (UTF-8 YAML); is it the right "
-                          f"file?") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where_ = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"profile file {path} is not valid YAML{where_}: {what}") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"profile file {path} cannot be read: {err.strerror}") from None
+    raw = plain.load_yaml(data, f"profile file {path}")
     where = f"profile file {path}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with keys description, timeout_s, "
@@ -92,9 +95,15 @@ def load(name_or_path: str) -> Profile:
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
         raise ConfigError(f"{where}: timeout_s must be an integer >= 1 (seconds); "
                           f"got {timeout!r}")
-    chapters = raw.get("chapters") or {}
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: description must be text; got {description!r}")
+    chapters = raw.get("chapters", {})
+    if chapters is None:
+        chapters = {}
     if not isinstance(chapters, dict):
-        raise ConfigError(f"{where}: chapters must map chapter names to parameter mappings")
+        raise ConfigError(f"{where}: chapters must map chapter names to parameter mappings; "
+                          f"got {chapters!r}")
     for chapter, params in chapters.items():
         if params is None:
             chapters[chapter] = {}
@@ -105,7 +114,7 @@ def load(name_or_path: str) -> Profile:
             if key in COMMON_PARAMETERS:
                 raise ConfigError(f"{where}: chapters.{chapter}.{key} is set by the runner "
                                   f"(--{key}), not by a profile")
-    return Profile(path.stem, str(raw.get("description", "")), timeout, chapters, path)
+    return Profile(path.stem, description, timeout, chapters, path)
 
 
 def check_against(profile: Profile, notebook_parameters: dict[str, set[str]]) -> None:

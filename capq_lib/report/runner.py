@@ -28,7 +28,7 @@ import yaml
 
 from capq_lib.core import validate
 from capq_lib.core.devices import describe, resolve_device
-from capq_lib.core.paths import BOOK_ROOT, CHECKOUT, PROJECT_ROOT
+from capq_lib.core.paths import BOOK_ROOT, CHECKOUT, PROJECT_ROOT, absolute_environment
 from capq_lib.core.validate import ConfigError
 from capq_lib.experiments import records
 from capq_lib.report import about, profiles
@@ -341,14 +341,30 @@ def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
     return done
 
 
+def output_folder(output: Path | str | None) -> Path:
+    """Where ``_build/`` goes (absolute); a file, or a place this user cannot write, is
+    refused before anything runs (nothing is made yet)."""
+    out = (Path(output) if output is not None else
+           (PROJECT_ROOT if CHECKOUT else Path.cwd())).absolute()
+    existing = next(p for p in (out / "_build", *(out / "_build").parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output {str(out)!r}: {existing} is a file; give a folder "
+                          f"(where _build/ goes)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {str(out)!r}: {existing} is not writable; give a "
+                          f"folder you can write")
+    return out
+
+
 def build(profile: str = "quick", device: str = "auto", only: list[str] | None = None,
           output: Path | str | None = None, execute_only: bool = False,
           jobs: int = 1) -> BuildReport:
     """Execute the chapters of ``profile`` and build the HTML book into ``output``/_build;
     ``jobs`` > 1 runs independent chapters side by side."""
+    absolute_environment()
     prof = profiles.load(profile)
     resolve_device(device)  # fail now, not inside every notebook
-    out = Path(output) if output is not None else (PROJECT_ROOT if CHECKOUT else Path.cwd())
+    out = output_folder(output)
     stage = out / "_build" / "stage"
     notebooks = toc_notebooks()
     chapters = {nb.stem: nb for nb in notebooks}
@@ -371,7 +387,12 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
             raise ConfigError(f"only must name chapters of the book ({', '.join(chapters)}); "
                               f"got {', '.join(unknown)}")
     validate.integer("jobs", jobs, lo=1, hi=64)
-    stage_sources(stage)
+    try:
+        stage_sources(stage)
+    except OSError as err:
+        raise ConfigError(f"--output {str(out)!r}: cannot write the book there "
+                          f"({err.strerror}: {err.filename}); give a folder you can write"
+                          ) from None
     report = BuildReport(prof.name, device, prof.identity,
                          str(out / "_build" / "html" / "index.html"),
                          provenance=about.provenance(describe(resolve_device(device))))
