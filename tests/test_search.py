@@ -197,13 +197,41 @@ def test_a_peak_at_the_top_of_the_grid_is_extended_with_the_winners_recipe():
     plan = a.bracket_plan(searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1),
                                     (2, 110, 1.0, 0.3)]))
     assert [(p.stage, p.params["n_samples"], p.params["lr"]) for p in plan] == [(4, 160, 0.1)]
-    # the step past it holds less: bracketed, nothing more to train
-    done = searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.8, 0.1)])
+    # the step past it holds less, but the peak memorized everything (I = N): not yet a
+    # maximum, so N between it and 160 are trained (refined), not further out
+    flanked = searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.8, 0.1)])
+    assert [p.params["n_samples"] for p in a.bracket_plan(flanked)] == [121, 133, 146]
+    # below p = 1 at the peak: bracketed, nothing more to train
+    done = searched([(1, 60, 1.0, 0.1), (1, 110, 0.995, 0.1), (4, 160, 0.8, 0.1)])
     assert a.bracket_plan(done) == []
     # a peak whose neighbour above holds *more* is not bracketed: extend again
     rising = searched([(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.99, 0.3)])
     assert [p.params["n_samples"] for p in a.bracket_plan(rising)] == [240]
     assert a.bracket_plan(rising)[0].params["lr"] == 0.3  # the new winner's recipe
+
+
+def test_a_perfect_peak_is_refined_until_below_one_or_within_five_percent():
+    from capq_lib.experiments.maxima import best_per_n, peak
+
+    a = arch(refine_points=3, refine_trials=6)
+    base = [(1, 60, 1.0, 0.1), (1, 110, 1.0, 0.1), (4, 160, 0.8, 0.1)]
+    # round 1 memorizes 121 and 133 entirely, 146 not: the peak moves to 133, still p = 1,
+    # and the next N (146) is 10 % above it: round 2 goes between them
+    round1 = base + [(4, 121, 1.0, 0.1), (4, 133, 1.0, 0.1), (4, 146, 0.93, 0.1)]
+    df = searched(round1)
+    df["plan"] = [""] * 3 + ["s4r:121", "s4r:133", "s4r:146"]
+    assert [p.params["n_samples"] for p in a.bracket_plan(df)] == [136, 139, 143]
+    top = peak(best_per_n(df.assign(params=a.spec.n_params)))
+    assert top.perfect and not top.refined and not top.bracketed
+    # round 2: 139 memorized, 143 is within 5 % of it: a maximum at p = 1, bracketed
+    df2 = searched(round1 + [(4, 136, 1.0, 0.1), (4, 139, 1.0, 0.1), (4, 143, 0.97, 0.1)])
+    df2["plan"] = list(df.plan) + ["s4r:136", "s4r:139", "s4r:143"]
+    top = peak(best_per_n(df2.assign(params=a.spec.n_params)))
+    assert top.n_at_max == 139 and top.step_above < 0.05 and top.bracketed
+    assert a.bracket_plan(df2) == []
+    # the budget holds: with 3 refinement trials left after round 1 none, a lower bound
+    assert arch(refine_points=3, refine_trials=3).bracket_plan(df) == []
+    assert not peak(best_per_n(df.assign(params=a.spec.n_params))).bracketed
 
 
 def test_a_peak_at_the_bottom_is_extended_downwards_and_the_budget_holds():
@@ -227,7 +255,8 @@ def test_replicates_are_the_winner_again_with_their_own_seeds():
 
 @pytest.mark.parametrize("kwargs,name", [
     (dict(bracket_factor=1.0), "bracket_factor"), (dict(bracket_trials=-1), "bracket_trials"),
-    (dict(replicates=-2), "replicates")])
+    (dict(replicates=-2), "replicates"), (dict(refine_points=0), "refine_points"),
+    (dict(refine_trials=-1), "refine_trials")])
 def test_bad_bracket_and_replicate_settings_name_the_parameter(kwargs, name):
     with pytest.raises(ConfigError, match=rf"^{name} must"):
         FCDNNCapacityStudy(**{**TINY, **kwargs})
@@ -247,7 +276,9 @@ def test_the_search_extends_its_grid_until_the_peak_is_bracketed(tmp_path):
     from capq_lib.experiments.capacity import capacity_summary
 
     row = capacity_summary(trials).iloc[0]
-    assert row.bracketed and row.replicates == 3
+    assert row.replicates == 3
+    # bracketed only when the peak is below p = 1 or refined to within 5 %
+    assert row.bracketed == (row.p_at_max < 1 or row.step_above < 0.05)
     assert row.n_grid_max == trials[trials.stage != 5].n_samples.max() > row.n_at_max
     assert row.capacity_bits == pytest.approx(row.capacity_bits_mean)
     assert row.capacity_bits_search_max >= trials[trials.stage < 5].mutual_info.max() - 1e-9

@@ -53,6 +53,12 @@ class Estimate:
     se: float = 0.0
     n: int = 1
     lower_bound: bool = False
+    #: why it is a lower bound, when that is not plain ("convergence not checked", ...)
+    caveat: str = ""
+
+    @property
+    def why_lower(self) -> str:
+        return self.caveat or "lower bound"
 
     @classmethod
     def of(cls, values: Sequence[float], lower_bound: bool = False) -> Estimate:
@@ -96,14 +102,15 @@ def mean_of(estimates: Sequence[Estimate]) -> Estimate:
         return Estimate(float("nan"), float("nan"), 0)
     se = math.sqrt(sum(e.se ** 2 for e in live)) / len(live)
     return Estimate(float(np.mean([e.mean for e in live])), se, min(e.n for e in live),
-                    any(e.lower_bound for e in live))
+                    any(e.lower_bound for e in live),
+                    next((e.caveat for e in live if e.lower_bound and e.caveat), ""))
 
 
 def _judgeable(e: Estimate) -> Verdict | None:
     if e.missing:
         return inconclusive("not measured")
     if e.lower_bound:
-        return inconclusive("lower bound")
+        return inconclusive(e.why_lower)
     if e.n < 2 or e.se != e.se:
         return inconclusive("one seed")
     return None
@@ -142,8 +149,8 @@ def greater(a: Estimate, b: Estimate) -> Verdict:
         return agrees()
     if d + spread < 0 and not a.lower_bound:
         return differs()
-    return inconclusive("lower bound" if a.lower_bound or b.lower_bound
-                        else "difference within noise")
+    bound = next((e for e in (a, b) if e.lower_bound), None)
+    return inconclusive(bound.why_lower if bound else "difference within noise")
 
 
 def ordered(estimates: Sequence[Estimate]) -> Verdict:

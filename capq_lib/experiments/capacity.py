@@ -11,7 +11,7 @@ beside it so the bias shows.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from capq_lib.experiments.maxima import best_per_n, peak
 from capq_lib.experiments.results import ResultsCache
 from capq_lib.experiments.search import (
     CapacityStudy,
+    refining,
     replicate_tag,
     run_worker,
     spec_columns,
@@ -73,6 +74,7 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model, c in curve.groupby("model", sort=False):
         top = peak(c)
+        mine = searched[searched.model == model]
         at = c[c.n_samples == top.n_at_max].iloc[0]
         reps = replicates_of(trials, at)
         info = mutual_information(reps.n_samples, reps.accuracy) if len(reps) else []
@@ -91,7 +93,10 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
                "n_swept": sorted(int(n) for n in c.n_samples),
                "n_grid_max": top.n_max, "p_at_n_grid_max": top.p_at_n_max,
                "bracketed": top.bracketed,
-               "bracket_trials": int((searched[searched.model == model].stage == 4).sum())}
+               # a peak at p = 1 is bracketed only once the next N is within 5 %
+               "step_above": top.step_above if top.n_above else None,
+               "bracket_trials": int(((mine.stage == 4) & ~refining(mine)).sum()),
+               "refine_trials": int(refining(mine).sum())}
         if "params_conv" in row:  # the paper's conv share, assuming 2.3 bits per FC parameter
             row["conv_bits_per_param"] = conv_bits_per_parameter(
                 mean, int(row["params_fc"]), int(row["params_conv"]))
@@ -103,29 +108,51 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class CapacityResult:
     """Every trial, the accuracy-against-N curve of the grid stages (1, 2 and the bracket
-    extension 4), one row per model."""
+    extension 4), one row per model, and capacity against training length (empty when the
+    study's length check was not asked for)."""
 
     trials: pd.DataFrame
     curve: pd.DataFrame
     summary: pd.DataFrame
+    lengths: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def measure_capacity(study: CapacityStudy, device: str = "auto", storage: str | None = None,
-                     cache: ResultsCache | None = None, progress: bool = True) -> CapacityResult:
+                     cache: ResultsCache | None = None, progress: bool = True,
+                     length_factors: tuple[float, ...] = (), length_seeds: int = 0
+                     ) -> CapacityResult:
     """Run the three-stage search to its budget (resuming what the storage holds), then
-    record one capacity summary per architecture under the study's experiment name."""
+    check convergence in training length (``length_factors``: the winner's replicates
+    trained again for that multiple of the epochs; none: not checked), and record one
+    capacity summary per architecture under the study's experiment name, with
+    ``converged`` True, False, or None when it was not checked (never true by default)."""
     cache = cache or ResultsCache()
     run_worker(study, device, storage, progress)
     trials = study_trials(study, storage)
     summary = capacity_summary(trials)
+    grid = trials[trials.stage.isin([1, 2, 4])]  # stage 3's scattered N would blur it
+    result = CapacityResult(trials, capacity_curve(grid), summary)
+    if length_factors:
+        result.lengths = capacity_by_length(measure_training_length(
+            study, result, tuple(length_factors), length_seeds, device, cache, progress))
+    result.summary = summary = with_convergence(summary, result.lengths)
     for row in summary.to_dict("records"):
         mine = trials[trials.model == row["model"]]
         config = {"study": asdict(study), "model": row["model"]}
         cache.put(study.experiment, config, {**row, "profile": study.profile,
                                              "trials": len(mine)},
                   ", ".join(sorted(set(mine.device))), float(mine.train_wall_s.sum()))
-    grid = trials[trials.stage.isin([1, 2, 4])]  # stage 3's scattered N would blur it
-    return CapacityResult(trials, capacity_curve(grid), summary)
+    return result
+
+
+def with_convergence(summary: pd.DataFrame, by_length: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with ``converged`` per model (None: no length check covers it) and the
+    growth the check measured."""
+    done = converged(by_length) if len(by_length) else {}
+    return summary.assign(
+        converged=[done.get(m, {}).get("converged") for m in summary.model],
+        length_growth=[done.get(m, {}).get("growth") for m in summary.model],
+        length_factors=[done.get(m, {}).get("factors") for m in summary.model])
 
 
 TRAINING_LENGTH_KIND = "training-length"
@@ -174,8 +201,8 @@ def measure_training_length(study: CapacityStudy, result: CapacityResult,
         ns = bracketing_n(result.curve[result.curve.model == spec.name], row["n_at_max"])
         nets = [(ns[0], int(s)) for s in reps.seed] + [
             (n, _length_seed(study.seed, spec.name, n, k)) for n in ns[1:] for k in range(seeds)]
-        base_row = {**spec_columns(spec), "factor": factor, "epochs": epochs,
-                    "base_epochs": base.epochs}
+        base_row = {**spec_columns(spec), "experiment": study.experiment, "factor": factor,
+                    "epochs": epochs, "base_epochs": base.epochs}
         reused = [{**base_row, "n_samples": int(r.n_samples), "seed": int(r.seed),
                    "accuracy": float(r.accuracy), "epochs_run": int(r.epochs_run),
                    "mutual_info": float(r.mutual_info)} for r in reps.itertuples()
@@ -241,7 +268,8 @@ def converged(by_length: pd.DataFrame) -> dict[str, dict]:
         grows = greater(_length_estimate(hi), _length_estimate(lo))
         out[model] = {"converged": grows.outcome != AGREES,
                       "growth": float(hi.capacity_bits / lo.capacity_bits - 1),
-                      "from_factor": float(lo.factor), "to_factor": float(hi.factor)}
+                      "from_factor": float(lo.factor), "to_factor": float(hi.factor),
+                      "factors": [float(f) for f in g.factor]}
     return out
 
 

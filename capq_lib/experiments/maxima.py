@@ -3,7 +3,10 @@
 A capacity is the largest I over the trained N. It counts as a maximum only when it is
 *bracketed*: some trained N below and some above it hold less information. A peak at the
 edge of what was trained says only that the capacity is at least that much (a lower bound),
-however many N lie on its other side.
+however many N lie on its other side. And a peak where every sample was memorized (p = 1,
+so I = N) is not a maximum either, however it is flanked: some N between it and the next
+trained N stores more. It counts once the step to that next N is under ``REFINED_STEP``
+(a peak just below p = 1 can be the true maximum: the paper's LSTM peaks at p = 0.9952).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from capq_lib.core.info import mutual_information
+
+#: a peak at p = 1 counts as a maximum once the next trained N above it is this close
+REFINED_STEP = 0.05
 
 
 def best_per_n(trials: pd.DataFrame) -> pd.DataFrame:
@@ -35,10 +41,27 @@ class Peak:
     lower_below: bool
     n_max: int  # the largest N trained
     p_at_n_max: float  # the best accuracy reached there
+    p_at_max: float = 0.0  # the best accuracy at the peak's N
+    n_above: int | None = None  # the nearest trained N above the peak
+
+    @property
+    def perfect(self) -> bool:
+        """Every sample memorized at the peak: I = N, and more lies above."""
+        return self.p_at_max >= 1.0
+
+    @property
+    def step_above(self) -> float:
+        """How far the next trained N lies above the peak, as a fraction of the peak's N."""
+        return (self.n_above / self.n_at_max - 1) if self.n_above else float("inf")
+
+    @property
+    def refined(self) -> bool:
+        """A peak short of p = 1, or a perfect one whose next N is within REFINED_STEP."""
+        return not self.perfect or self.step_above < REFINED_STEP
 
     @property
     def bracketed(self) -> bool:
-        return self.lower_above and self.lower_below
+        return self.lower_above and self.lower_below and self.refined
 
 
 def peak(curve: pd.DataFrame) -> Peak:
@@ -50,6 +73,8 @@ def peak(curve: pd.DataFrame) -> Peak:
     n_star, i_star = int(top.n_samples), float(top.mutual_info)
     lower = c.mutual_info < i_star
     last = c.iloc[-1]
+    above = c[c.n_samples > n_star]
     return Peak(n_star, i_star, bool((lower & (c.n_samples > n_star)).any()),
                 bool((lower & (c.n_samples < n_star)).any()), int(last.n_samples),
-                float(last.accuracy))
+                float(last.accuracy), float(top.accuracy),
+                int(above.n_samples.iloc[0]) if len(above) else None)

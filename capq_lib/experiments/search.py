@@ -43,7 +43,7 @@ from capq_lib.core.progress import bar as progress_bar
 from capq_lib.core.seeds import seed_from_text
 from capq_lib.engine.population import Member, train_members
 from capq_lib.engine.train import SCHEDULES, Recipe
-from capq_lib.experiments.maxima import best_per_n, peak
+from capq_lib.experiments.maxima import Peak, best_per_n, peak
 from capq_lib.experiments.storage import Heartbeat, Storage, fail_abandoned, mark_claimed
 from capq_lib.nets.datasets import check_size
 from capq_lib.nets.models import TABLE1, CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec
@@ -89,6 +89,11 @@ class CapacityStudy:
     # is bracketed, at most this many trials per architecture
     bracket_factor: float = 1.25
     bracket_trials: int = 4
+    # stage 4 also refines a peak where every sample was memorized: this many N between it
+    # and the next trained N, per round, until the peak is below p = 1 or that step is
+    # under 5 %, at most refine_trials per architecture
+    refine_points: int = 3
+    refine_trials: int = 6
     # stage 5: the winning (N, recipe) trained again with this many fresh seeds
     replicates: int = 3
     seed: int = 0
@@ -109,6 +114,8 @@ class CapacityStudy:
         validate.integer("stage3_trials", self.stage3_trials, lo=0, hi=100000)
         validate.number("bracket_factor", self.bracket_factor, lo=1.0, hi=10.0, lo_open=True)
         validate.integer("bracket_trials", self.bracket_trials, lo=0, hi=1000)
+        validate.integer("refine_points", self.refine_points, lo=1, hi=64)
+        validate.integer("refine_trials", self.refine_trials, lo=0, hi=1000)
         validate.integer("replicates", self.replicates, lo=0, hi=1000)
         validate.number("target_accuracy", self.target_accuracy, lo=0.5, hi=1.0)
         for r in self.stage1_n_per_param:
@@ -170,7 +177,7 @@ class CapacityStudy:
         and 5 follow from the trials before them, so their budgets are left out: a larger
         budget extends a finished study instead of starting a new one."""
         skip = {*self.selection, "profile", "population", "bracket_factor", "bracket_trials",
-                "replicates"}
+                "refine_points", "refine_trials", "replicates"}
         if self.restarts == 1:  # no race: the same studies as before races existed
             skip |= {"restarts", "race_at"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -265,6 +272,17 @@ class RNNCapacityStudy(CapacityStudy):
 
 STUDIES: dict[str, type[CapacityStudy]] = {
     c.experiment: c for c in (FCDNNCapacityStudy, CNNCapacityStudy, RNNCapacityStudy)}
+
+
+#: the plan-key prefix of stage-4 trials that refine a peak at p = 1
+REFINE_TAG = "s4r:"
+
+
+def refining(trials: pd.DataFrame) -> pd.Series:
+    """Which trials refine a perfect peak (the rest of stage 4 brackets it)."""
+    if "plan" not in trials:
+        return pd.Series(False, index=trials.index)
+    return trials.plan.astype(str).str.startswith(REFINE_TAG)
 
 
 def replicate_tag(n_samples: int, lr: float, momentum: float, decay_factor: float) -> str:
@@ -381,15 +399,21 @@ class ArchSearch:
 
     def bracket_plan(self, searched: pd.DataFrame) -> list[Planned]:
         """Stage 4: the next N to train with the winner's recipe, one geometric step past the
-        largest (smallest) N trained when no N on that side holds less I; nothing when the
-        peak is bracketed, the budget is spent or the inputs cannot hold more samples."""
+        largest (smallest) N trained when no N on that side holds less I; once both sides
+        do, and the peak memorized every sample (I = N, so more lies above it), N between
+        the peak and the next trained N (``refine``); nothing when the peak is a maximum,
+        the budgets are spent or the inputs cannot hold more samples."""
         s = self.study
         curve = best_per_n(searched.assign(model=self.spec.name, params=self.spec.n_params))
         top = peak(curve)
-        spent = int((searched.stage == 4).sum())
-        if top.bracketed or spent >= s.bracket_trials:
+        if top.bracketed:
             return []
         recipe = self._recipe(self.winner(searched))
+        if top.lower_above and top.lower_below:
+            return self.refine(searched, top, recipe)
+        spent = int(((searched.stage == 4) & ~refining(searched)).sum())
+        if spent >= s.bracket_trials:
+            return []
         out = []
         if not top.lower_above:
             n = _round_n(curve.n_samples.max() * s.bracket_factor)
@@ -400,6 +424,21 @@ class ArchSearch:
             if n < curve.n_samples.min():
                 out.append(Planned(4, f"s4:{n}", {"n_samples": n, **recipe}))
         return out[:s.bracket_trials - spent]
+
+    def refine(self, searched: pd.DataFrame, top: Peak, recipe: dict[str, Any]
+               ) -> list[Planned]:
+        """Geometric steps between a perfect peak and the next trained N above it (exact
+        integers, so even a small net gets there), within ``refine_trials``."""
+        s = self.study
+        left = s.refine_trials - int(refining(searched).sum())
+        if left <= 0 or top.n_above is None:
+            return []
+        lo, hi = top.n_at_max, top.n_above
+        ns = sorted({int(round(lo * (hi / lo) ** (i / (s.refine_points + 1))))
+                     for i in range(1, s.refine_points + 1)} - {lo, hi})
+        ns = [n for n in ns if lo < n < hi and n < 2 ** self.n_in]
+        return [Planned(4, f"{REFINE_TAG}{n}", {"n_samples": n, **recipe})
+                for n in ns[:left]]
 
     def replicate_plan(self, searched: pd.DataFrame) -> list[Planned]:
         """Stage 5: the winner's N and recipe, ``replicates`` times, each with its own data

@@ -41,9 +41,16 @@ def _storage(ns: Namespace) -> None:
         check_url(ns["storage"])
 
 
+def _lengths(ns: Namespace) -> None:
+    for f in validate.non_empty("length_factors", ns["length_factors"]):
+        validate.number("length_factors", f, lo=0.01, hi=100)
+    validate.integer("length_seeds", ns["length_seeds"], lo=0)
+
+
 def _fcdnn(ns: Namespace) -> list[Any]:
     study = FCDNNCapacityStudy.from_namespace(ns)
     _storage(ns)
+    _lengths(ns)
     validate.choice("fig1a_depth", ns["fig1a_depth"], study.depths)
     validate.choice("fig1b_width", ns["fig1b_width"], study.widths)
     validate.choice("fig2a_model", ns["fig2a_model"], [s.name for s in study.specs()])
@@ -53,6 +60,7 @@ def _fcdnn(ns: Namespace) -> list[Any]:
 def _rnn(ns: Namespace) -> list[Any]:
     study = RNNCapacityStudy.from_namespace(ns)
     _storage(ns)
+    _lengths(ns)
     validate.choice("fig_units", ns["fig_units"], study.units)
     return [study]
 
@@ -60,9 +68,7 @@ def _rnn(ns: Namespace) -> list[Any]:
 def _cnn(ns: Namespace) -> list[Any]:
     study = CNNCapacityStudy.from_namespace(ns)
     _storage(ns)
-    for f in ns["length_factors"]:
-        validate.number("length_factors", f, lo=0.01, hi=100)
-    validate.integer("length_seeds", ns["length_seeds"], lo=0)
+    _lengths(ns)
     return [study, FCDNNCNNRecipeStudy.like(study, ns["equal_effort_widths"], [1],
                                             ns["equal_effort_n_per_param"])]
 

@@ -21,8 +21,6 @@ from capq_lib.experiments.capacity import (
     FCDNN_KIND,
     RNN_KIND,
     TRAINING_LENGTH_KIND,
-    capacity_by_length,
-    converged,
 )
 from capq_lib.experiments.records import summaries
 from capq_lib.experiments.results import ResultsCache
@@ -205,21 +203,23 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
     fc, cnn, rnn, fc_cnn = (summaries(k, profile, cache) for k in
                             (FCDNN_KIND, CNN_KIND, RNN_KIND, FCDNN_CNN_RECIPE_KIND))
     lengths = training_lengths(profile, cache)
-    if len(cnn) and len(lengths):
-        done = converged(capacity_by_length(lengths))
-        cnn["converged"] = [done.get(m, {}).get("converged", True) for m in cnn.model]
     real = records.rows("real-tasks", profile, cache)
     real = pd.DataFrame(real).drop_duplicates(["task", "model", "bits", "retrained", "split"],
                                               keep="last") if real else pd.DataFrame()
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
-                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, cnn_lengths=lengths,
+                    fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
                     lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache),
                     real=real)
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
-    """The CNN chapter's training-length rows (capacity against epochs) under ``profile``."""
-    return pd.DataFrame(records.rows(TRAINING_LENGTH_KIND, profile, cache))
+    """The capacity chapters' training-length rows (capacity against epochs) under
+    ``profile``; ``experiment`` says whose (rows made before it was recorded: the CNNs')."""
+    rows = pd.DataFrame(records.rows(TRAINING_LENGTH_KIND, profile, cache))
+    if len(rows):
+        rows["experiment"] = rows.get("experiment", pd.Series(CNN_KIND, index=rows.index)
+                                      ).fillna(CNN_KIND)
+    return rows
 
 
 def scorecard(profile: str | None = None, cache: ResultsCache | None = None) -> pd.DataFrame:
@@ -234,10 +234,19 @@ def bounds_text(summary: pd.DataFrame) -> str:
     parts = []
     for _, r in summary.iterrows():
         why = []
-        if not bool(r.get("bracketed", False)):
+        step = r.get("step_above")
+        if bool(r.get("bracketed", False)):
+            pass
+        elif r.p_at_max >= 1 and step is not None and step == step and r.n_at_max < r.n_grid_max:
+            why.append(f"its peak memorized every sample (p = 1, so I = N) and the next N "
+                       f"trained is {step:.0%} above it: the maximum lies in between")
+        else:
             why.append(f"its peak is not bracketed (the largest N trained, {r.n_grid_max:,}, "
                        f"was still memorized to p = {r.p_at_n_grid_max:.3f})")
-        if not bool(r.get("converged", True)):
+        done = r.get("converged")
+        if done is None or done != done:
+            why.append("its convergence in training length was not checked")
+        elif not bool(done):
             why.append("a longer training still stored more")
         reps = int(r.get("replicates", 0) or 0)
         spread = (f"{r.capacity_bits:,.0f} \u00b1 {r.capacity_bits_sd:,.0f} bits over {reps} "
@@ -246,3 +255,34 @@ def bounds_text(summary: pd.DataFrame) -> str:
                      + (": a lower bound, as " + " and ".join(why) if why else
                         ": a bracketed maximum"))
     return "; ".join(parts) + "."
+
+
+def consistency_text(table: pd.DataFrame) -> str:
+    """The capacity page's consistency line: does any other record of the same
+    architecture under this profile store more than the capacity reported? Written from
+    ``experiments.consistency.consistency``."""
+    if table.empty:
+        return "No capacity to check."
+    parts, missed = [], []
+    for r in table.itertuples():
+        cap = f"{r.capacity_bits_mean:,.0f}" + (f" \u00b1 {r.capacity_bits_2se:,.0f} (2 s.e.)"
+                                               if r.capacity_bits_2se == r.capacity_bits_2se
+                                               else "")
+        if not r.other_records:
+            parts.append(f"{r.model}: {cap} bits; no other record of this profile trains it")
+            continue
+        other = f"{r.best_other_bits:,.0f} bits ({r.best_other_where})"
+        if r.exceeds:
+            missed.append(r.model)
+            parts.append(f"{r.model}: {cap} bits, but another record stored {other}, more "
+                         f"than 2 s.e. above it")
+        else:
+            parts.append(f"{r.model}: {cap} bits; the most any other record stored is {other}")
+    head = ("**Consistency with every other record.** " + (
+        f"The search missed the maximum of {', '.join(missed)}: a capacity that another "
+        f"record of the same net beats is not the capacity. " if missed else
+        "No other record of the same architecture under this profile beats a capacity "
+        "above by more than 2 s.e. "))
+    return head + "; ".join(parts) + (". Records made by chapters that run after this one "
+                                      "(the quantization chapter, the fill sweep) are "
+                                      "checked again on the intro page.")
