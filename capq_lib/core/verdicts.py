@@ -182,6 +182,47 @@ class Bits:
         return self.widest + 1 if self.fewest is None else self.fewest
 
 
+def bits_near(e: Estimate, paper: float, slack: float) -> Verdict:
+    """Do the seeds' fewest lossless bits match the paper's width within ``slack``? A lower
+    bound (a seed lossy even at the widest width) can only differ, when it is already
+    beyond the band."""
+    if e.lower_bound and not e.missing:
+        return differs() if e.low > paper + slack else inconclusive(e.why_lower)
+    return within(e, paper, slack)
+
+
+def bits_at_most_seeds(e: Estimate, limit: float, slack: float) -> Verdict:
+    """Do the seeds stay lossless at ``limit`` bits: their interval of fewest lossless
+    bits at most ``limit + slack`` (agrees), or wholly above it (differs)?"""
+    if e.lower_bound and not e.missing:
+        return differs() if e.low > limit + slack else inconclusive(e.why_lower)
+    early = _judgeable(e)
+    if early:
+        return early
+    if e.high <= limit + slack:
+        return agrees()
+    if e.low > limit + slack:
+        return differs()
+    return inconclusive("within noise of the tolerance")
+
+
+def rises_between(low: Estimate, high: Estimate) -> Verdict:
+    """Does the value rise from ``low`` (fewer samples per parameter) to ``high``? Agrees
+    when the rise exceeds 2 s.e., differs when it falls or stays exactly level (no change
+    at no spread), inconclusive within noise."""
+    for e in (low, high):
+        early = None if e.lower_bound else _judgeable(e)
+        if early:
+            return early
+    d = high.mean - low.mean
+    spread = Z * math.sqrt(low.se ** 2 + high.se ** 2)
+    if d - spread > 0 and not low.lower_bound:
+        return agrees()
+    if d + spread <= 0 and not high.lower_bound:
+        return differs("no change" if d == 0 else "")
+    return inconclusive(low.why_lower if low.lower_bound else "difference within noise")
+
+
 def bits_match(ours: Bits, paper: int, slack: int = 1) -> Verdict:
     """Does our fewest lossless width equal the paper's within ``slack`` bits?"""
     if ours.fewest is None:

@@ -41,11 +41,13 @@ class Advice:
 
 
 def measured(profile: str | None = None, cache: ResultsCache | None = None,
-             tolerance: float | None = None) -> pd.DataFrame:
+             tolerance: float | None = None, per_seed: bool = False) -> pd.DataFrame:
     """Fewest lossless bits of every measured (model, N) of the quantization study's main
     setting: our recipe, progressive quantization with retraining and the chapter's step
     rule, at every capacity definition (N_at_max fractions and C/2); the fill sweep's nets
-    (another recipe length, no capacity point) are not evidence here."""
+    (another recipe length, no capacity point) are not evidence here. ``per_seed``: one row
+    per net (its own fewest bits, with ``seed``), so a loss of one seed is not hidden in
+    the seeds' mean; otherwise judged on the seeds' mean accuracy."""
     rows = []
     for record in records.of_profile(EXPERIMENT, profile, cache):
         df = pd.DataFrame(record["result"]["rows"])
@@ -55,14 +57,16 @@ def measured(profile: str | None = None, cache: ResultsCache | None = None,
         if len(df):
             tol = record["config"]["study"]["lossless_tolerance"] if tolerance is None \
                 else tolerance
-            rows.append(fewest_lossless_bits(df, tol))
+            rows.append(fewest_lossless_bits(df, tol, per_seed))
+    keys = ["family", "model", "n_samples"] + (["seed"] if per_seed else [])
     if not rows:
         return pd.DataFrame(columns=["family", "model", "params", "n_samples",
                                      "data_per_param", "capacity_fraction", "recipe",
                                      "definition", "study", "main", "fewest_lossless_bits",
-                                     "float_accuracy", "widest", "tolerance"])
+                                     "float_accuracy", "widest", "tolerance",
+                                     *(["seed"] if per_seed else [])])
     return pd.concat(rows, ignore_index=True).drop_duplicates(
-        ["family", "model", "n_samples"], keep="last").reset_index(drop=True)
+        keys, keep="last").reset_index(drop=True)
 
 
 def apart(a: float, b: float) -> tuple[str, str]:

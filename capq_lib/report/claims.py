@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,8 @@ class Evidence:
     fc_cnn_recipe: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: training-length rows of every capacity chapter (``experiment`` says whose)
     lengths: pd.DataFrame = field(default_factory=pd.DataFrame)
-    #: fewest lossless bits per family, model and N definition (the quantization chapter)
+    #: fewest lossless bits per family, model, N definition and seed (the quantization
+    #: chapter; one row per net)
     lossless: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: the fill sweep: one row per net, float bits per parameter and fewest lossless bits
     fill: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -223,7 +224,7 @@ def _fc_range(ev: Evidence) -> list[Finding]:
 def _all(outcomes: list[Verdict]) -> Verdict:
     """Every sub-verdict agrees: agrees; any differs: differs; else the first reason."""
     if any(o.outcome == v.DIFFERS for o in outcomes):
-        return v.differs()
+        return v.differs(next(o.reason for o in outcomes if o.outcome == v.DIFFERS))
     if outcomes and all(o.outcome == v.AGREES for o in outcomes):
         return v.agrees()
     return v.inconclusive(next((o.reason for o in outcomes if o.outcome == v.INCONCLUSIVE),
@@ -349,12 +350,31 @@ FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
 FULL, HALF_C, HALF_N = "N_at_max x 1", "C/2", "N_at_max/2"
 
 
-def bits_needed(g: pd.DataFrame) -> Bits:
-    """The most any of these settings needed (a loss even at the widest width wins)."""
-    widest = int(g.widest.max())
-    if g.fewest_lossless_bits.isna().any():
-        return Bits(None, widest)
-    return Bits(int(g.fewest_lossless_bits.max()), widest)
+def seed_bits(g: pd.DataFrame) -> Estimate:
+    """Fewest lossless bits over the seeds of one setting: mean and standard error, so that
+    a single seed's loss shows instead of hiding in the seeds' mean accuracy. A seed lossy
+    even at the widest width counts as one bit more and makes the value a lower bound."""
+    lossy = g.fewest_lossless_bits.isna()
+    vals = g.fewest_lossless_bits.fillna(g.widest + 1).astype(float)
+    e = Estimate.of(vals, lower_bound=bool(lossy.any()))
+    return replace(e, caveat=f"lossy even at {int(g.widest.max())} bits, the widest "
+                             f"measured" if lossy.any() else "")
+
+
+def _seed_text(e: Estimate, g: pd.DataFrame) -> str:
+    per = ", ".join(">" + str(int(w)) if b != b else str(int(b))
+                    for b, w in zip(g.fewest_lossless_bits, g.widest, strict=True))
+    return f"{e.text(what='seeds')} bits (per seed: {per})"
+
+
+def worst_model(t: pd.DataFrame) -> tuple[str, Estimate, pd.DataFrame]:
+    """The model of ``t`` that needs the most bits (by its seeds' mean), and its estimate."""
+    best = None
+    for model, g in t.groupby("model", sort=False):
+        e = seed_bits(g)
+        if best is None or e.mean > best[1].mean:
+            best = (model, e, g)
+    return best
 
 
 def _quant_full(ev: Evidence) -> list[Finding]:
@@ -364,10 +384,15 @@ def _quant_full(ev: Evidence) -> list[Finding]:
     ref = reference.value("quantization.lossless_bits_full_capacity")
     out = []
     for fam, g in t[t.definition == FULL].groupby("family", sort=False):
-        b = bits_needed(g)
-        out.append(Finding(f"{b.text()} bits (the most any of {_models(g)} needed)",
-                           v.bits_match(b, ref[fam]), FAMILY_NAMES[fam], f"{ref[fam]} bits"))
+        model, e, mine = worst_model(g)
+        out.append(Finding(f"{_seed_text(e, mine)}, {model}, the model of {_models_of(g)} "
+                           f"that needed the most", v.bits_near(e, ref[fam], BIT_SLACK),
+                           FAMILY_NAMES[fam], f"{ref[fam]} bits"))
     return out
+
+
+def _models_of(t: pd.DataFrame) -> str:
+    return ", ".join(dict.fromkeys(t.model))
 
 
 def _quant_half(ev: Evidence) -> list[Finding]:
@@ -375,15 +400,18 @@ def _quant_half(ev: Evidence) -> list[Finding]:
     fc = t[(t.family == "fc") & (t.definition == HALF_C)] if len(t) else t
     if fc.empty:
         return []
-    b = bits_needed(fc)
+    model, e, mine = worst_model(fc)
     ours_half = t[(t.family == "fc") & (t.definition == HALF_N)]
-    extra = (f"; at our N_at_max/2: {bits_needed(ours_half).text()} bits" if len(ours_half)
-             else "")
+    extra = ""
+    if len(ours_half):
+        m2, e2, _ = worst_model(ours_half)
+        extra = f"; at our N_at_max/2: {e2.text(what='seeds')} bits ({m2})"
     ref = reference.value("quantization.half_capacity_fc")
     paper = (f"{ref['lossless_bits']} bits ({ref['depth']}x{ref['width']} FCDNN, C about "
              f"{ref['capacity_bits']:,} bits, N = {ref['n_samples']:,})")
-    return [Finding(f"{b.text()} bits at N = C/2 ({_models(fc)}){extra}",
-                    v.bits_at_most(b, ref["lossless_bits"]), paper=paper)]
+    return [Finding(f"{_seed_text(e, mine)} at N = C/2 ({model}, the most of "
+                    f"{_models_of(fc)}){extra}",
+                    v.bits_at_most_seeds(e, ref["lossless_bits"], BIT_SLACK), paper=paper)]
 
 
 def _quant_fewer_samples(ev: Evidence) -> list[Finding]:
@@ -392,16 +420,19 @@ def _quant_fewer_samples(ev: Evidence) -> list[Finding]:
         return []
     parts, outcomes = [], []
     for model, g in t.groupby("model", sort=False):
-        g = g.sort_values("data_per_param")
-        pts = [(float(r.data_per_param),
-                Bits(None if r.fewest_lossless_bits != r.fewest_lossless_bits
-                     else int(r.fewest_lossless_bits), int(r.widest)))
-               for _, r in g.iterrows()]
-        outcomes.append(v.rises(pts))
-        parts.append(f"{model}: " + ", ".join(f"{b.text()} at N/P {x:.2g}" for x, b in pts))
+        pts = sorted(((float(x), seed_bits(h)) for x, h in g.groupby("data_per_param")),
+                     key=lambda p: p[0])
+        if len(pts) < 2:
+            continue
+        outcomes.append(v.rises_between(pts[0][1], pts[-1][1]))
+        parts.append(f"{model}: " + ", ".join(
+            f"{e.mean:.2g}{'+' if e.lower_bound else ''} at N/P {x:.2g}" for x, e in pts))
+    if not outcomes:
+        return []
     k = sum(o.outcome == v.AGREES for o in outcomes)
-    return [Finding(f"bits rise with N/P in {k} of {len(outcomes)} models ("
-                    + "; ".join(parts) + ")", _all(outcomes))]
+    return [Finding(f"bits (seeds' mean) rise from the smallest to the largest N/P beyond 2 "
+                    f"s.e. in {k} of {len(outcomes)} models (" + "; ".join(parts) + ")",
+                    _all(outcomes))]
 
 
 FILL_LEAST_SLOPE = 0.5
@@ -613,20 +644,21 @@ CLAIMS: list[Claim] = [
           _order),
     Claim("quant.full", "Quantization", "{subject} at full capacity keeps its accuracy down to",
           "quantization.lossless_bits_full_capacity",
-          "fewest bits at which the seeds' mean accuracy stays within the chapter's tolerance "
-          "of float, at that width and every wider one, progressive quantization with "
-          "retraining, N = N_at_max; the most any model of the family needed",
-          "equal to the paper's width within 1 bit", _quant_full),
+          "per seed, the fewest bits at which its accuracy stays within the chapter's "
+          "tolerance of float at that width and every wider one (progressive quantization "
+          "with retraining, N = N_at_max); the model of the family that needed the most",
+          "the seeds' mean +- 2 s.e. within the paper's width +- 0.5 bit (agrees) or wholly "
+          "outside it (differs)", _quant_full),
     Claim("quant.half", "Quantization", "an FCDNN at half capacity keeps every sample at 4 bits",
           "quantization.half_capacity_fc", "as above, FCDNNs at the paper's half capacity, "
-          "N = C/2 (C the replicated capacity in bits)", "fewest lossless bits <= 4",
-          _quant_half),
+          "N = C/2 (C the replicated capacity in bits)", "the seeds' mean +- 2 s.e. of fewest "
+          "lossless bits at most 4.5 (agrees) or wholly above it (differs)", _quant_half),
     Claim("quant.fewer_samples", "Quantization", "fewer samples per parameter need fewer bits",
           "quantization.overparameterized_more_robust",
-          "fewest lossless bits of each model at every N it was trained at (a loss even at the "
-          "widest width counts as more bits, never as missing)",
-          "per model, never fewer bits at a larger N/P, and strictly more at the largest than "
-          "at the smallest", _quant_fewer_samples),
+          "per seed, fewest lossless bits of each model at every N it was trained at (a loss "
+          "even at the widest width counts as one bit more, never as missing)",
+          "per model, more bits at the largest N/P than at the smallest, by more than 2 s.e. "
+          "(agrees); fewer or exactly as many (differs)", _quant_fewer_samples),
     Claim("quant.fill", "Bits stored and bits needed", "the more a weight stores, the more "
           "bits it needs",
           "quantization.bits_follow_capacity_per_parameter",

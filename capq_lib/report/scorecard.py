@@ -208,8 +208,8 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
                                               keep="last") if real else pd.DataFrame()
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
-                    lossless=measured(profile, cache), fill=fill.cached_nets(profile, cache),
-                    real=real)
+                    lossless=measured(profile, cache, per_seed=True),
+                    fill=fill.cached_nets(profile, cache), real=real)
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
