@@ -96,3 +96,37 @@ def test_all_hold():
 def test_mean_of_estimates_carries_lower_bounds():
     m = v.mean_of([Estimate(2.0, 0.03, 3), Estimate(3.0, 0.04, 3, lower_bound=True)])
     assert m.mean == pytest.approx(2.5) and m.se == pytest.approx(0.025) and m.lower_bound
+
+
+def test_at_most_and_positive_reach_every_outcome():
+    from capq_lib.core.verdicts import Estimate, at_most, positive
+
+    assert at_most(Estimate(0.002, 0.002, 3), 0.01).outcome == "agrees"
+    assert at_most(Estimate(0.05, 0.01, 3), 0.01).outcome == "differs"
+    assert str(at_most(Estimate(0.01, 0.01, 3), 0.01)) == \
+        "inconclusive (within noise of the tolerance)"
+    assert str(at_most(Estimate(0.0, float("nan"), 1), 0.01)) == "inconclusive (one seed)"
+    # a lower bound already above the limit can only differ; below it says nothing
+    assert at_most(Estimate(0.05, 0.01, 3, True), 0.01).outcome == "differs"
+    assert str(at_most(Estimate(0.0, 0.01, 3, True, "lossy"), 0.01)) == "inconclusive (lossy)"
+    assert positive(Estimate(0.1, 0.01, 3)).outcome == "agrees"
+    assert positive(Estimate(-0.1, 0.01, 3)).outcome == "differs"
+    assert str(positive(Estimate(0.01, 0.01, 3))) == "inconclusive (difference within noise)"
+
+
+def test_bits_near_and_rises_between_reach_every_outcome():
+    from capq_lib.core.verdicts import Estimate, bits_near, rises_between
+
+    assert bits_near(Estimate.of([6, 6, 6, 6]), 6, 0.5).outcome == "agrees"
+    assert bits_near(Estimate.of([7, 7, 7, 7]), 6, 0.5).outcome == "differs"
+    assert bits_near(Estimate.of([6, 7, 6, 7]), 6, 0.5).outcome == "inconclusive"
+    assert bits_near(Estimate.of([13, 13, 13], lower_bound=True), 10, 0.5).outcome == "differs"
+    assert bits_near(Estimate.of([13, 9, 9], lower_bound=True), 10, 0.5).outcome == \
+        "inconclusive"
+    up = rises_between(Estimate.of([3, 3, 4, 3]), Estimate.of([8, 9, 8, 8]))
+    assert up.outcome == "agrees"
+    assert str(rises_between(Estimate.of([6, 6, 6]), Estimate.of([6, 6, 6]))) == \
+        "differs (no change)"
+    assert rises_between(Estimate.of([8, 8, 8]), Estimate.of([6, 6, 6])).outcome == "differs"
+    assert str(rises_between(Estimate.of([5, 7, 6]), Estimate.of([6, 8, 7]))) == \
+        "inconclusive (difference within noise)"

@@ -191,19 +191,37 @@ def bits_near(e: Estimate, paper: float, slack: float) -> Verdict:
     return within(e, paper, slack)
 
 
-def bits_at_most_seeds(e: Estimate, limit: float, slack: float) -> Verdict:
-    """Do the seeds stay lossless at ``limit`` bits: their interval of fewest lossless
-    bits at most ``limit + slack`` (agrees), or wholly above it (differs)?"""
+def at_most(e: Estimate, limit: float) -> Verdict:
+    """Is the value at most ``limit``: its interval wholly at or below it (agrees), wholly
+    above it (differs)? A lower bound can only differ, once it is already above."""
     if e.lower_bound and not e.missing:
-        return differs() if e.low > limit + slack else inconclusive(e.why_lower)
+        return differs() if e.low > limit else inconclusive(e.why_lower)
     early = _judgeable(e)
     if early:
         return early
-    if e.high <= limit + slack:
+    if e.high <= limit:
         return agrees()
-    if e.low > limit + slack:
+    if e.low > limit:
         return differs()
     return inconclusive("within noise of the tolerance")
+
+
+def bits_at_most_seeds(e: Estimate, limit: float, slack: float) -> Verdict:
+    """Do the seeds stay lossless at ``limit`` bits: their interval of fewest lossless
+    bits at most ``limit + slack`` (agrees), or wholly above it (differs)?"""
+    return at_most(e, limit + slack)
+
+
+def positive(e: Estimate) -> Verdict:
+    """Is the value above zero beyond noise (agrees), below it beyond noise (differs)?"""
+    early = _judgeable(e)
+    if early:
+        return early
+    if e.low > 0:
+        return agrees()
+    if e.high < 0:
+        return differs()
+    return inconclusive("difference within noise")
 
 
 def rises_between(low: Estimate, high: Estimate) -> Verdict:

@@ -74,6 +74,8 @@ class TaskData:
     train_eval: Any = None
     #: a language model's baseline: test perplexity of the training tokens' word frequencies
     unigram_perplexity: float | None = None
+    #: held out of the training data: what the retraining rate is chosen on (never the test)
+    val: Any = None
 
     def __post_init__(self) -> None:
         if self.train_eval is None:
@@ -82,9 +84,34 @@ class TaskData:
                                (self.train[0][:n], self.train[1][:n]))
 
     def sizes(self) -> dict[str, int]:
-        """Items (images or tokens) trained on, tested on, and measured on for 'train'."""
+        """Items (images or tokens) trained on, tested on, measured on for 'train', and
+        held out for validation."""
         return {"train_items": count(self.train), "test_items": count(self.test),
-                "train_eval_items": count(self.train_eval)}
+                "train_eval_items": count(self.train_eval),
+                "val_items": count(self.val) if self.val is not None else 0}
+
+
+def hold_out(data: TaskData, fraction: float, unit: str) -> TaskData:
+    """Carve the last ``fraction`` of the training items off as a validation split: the
+    nets never train on it, and hyperparameters (the retraining rate) are chosen on it, so
+    the test split decides nothing before it is measured."""
+    if not fraction:
+        return data
+    if data.vocab:
+        rows = data.train.shape[0]
+        keep = rows - max(2, round(fraction * rows))
+        data.train, data.val = data.train[:keep], data.train[keep:]
+    else:
+        n = len(data.train[0])
+        keep = n - max(1, round(fraction * n))
+        data.val = (data.train[0][keep:], data.train[1][keep:])
+        data.train = (data.train[0][:keep], data.train[1][:keep])
+    data.train_eval = None
+    data.__post_init__()
+    data.source += (f"; the last {fraction:.0%} of the training {unit} "
+                    f"({count(data.val):,}) held out as a validation split, on which the "
+                    f"retraining learning rate is chosen (the test split chooses nothing)")
+    return data
 
 
 def count(data: Any) -> int:
@@ -114,7 +141,7 @@ def _counted(what: str, used: int, total: int, unit: str) -> str:
 
 
 def image_data(kind: str, root: Path | None, online: bool, max_train: int | None,
-               max_test: int | None, seed: int = 0) -> TaskData:
+               max_test: int | None, seed: int = 0, val_fraction: float = 0.0) -> TaskData:
     """MNIST (28x28x1) or CIFAR-10 (32x32x3) training and test images, or what stands in
     offline; the first ``max_train`` / ``max_test`` of each. Pixels are standardized with
     the mean and spread of the training images used (per channel)."""
@@ -159,7 +186,7 @@ def image_data(kind: str, root: Path | None, online: bool, max_train: int | None
     test = ((test[0] - mean) / spread, test[1])
     source = (note + "Trained on the " + _counted(names[0], len(train[0]), totals[0], "images")
               + "; tested on the " + _counted(names[1], len(test[0]), totals[1], "images"))
-    data = TaskData(train, test, source)
+    data = hold_out(TaskData(train, test, source), val_fraction, "images")
     return _say_train_eval(data, "images")
 
 
@@ -187,7 +214,7 @@ def unigram_perplexity(train_ids: torch.Tensor, targets: torch.Tensor, vocab: in
 
 
 def lm_data(root: Path | None, online: bool, batch: int = LM_COLUMNS, max_train: int | None = None,
-            max_test: int | None = None) -> TaskData:
+            max_test: int | None = None, val_fraction: float = 0.0) -> TaskData:
     """PTB word-level: train on the training split when present, else on the validation
     split; test on the test split; the first ``max_train`` / ``max_test`` tokens of each.
     The vocabulary comes from the whole splits used, so capping changes no word's id."""
@@ -208,15 +235,15 @@ def lm_data(root: Path | None, online: bool, batch: int = LM_COLUMNS, max_train:
               + "; tested on the " + _counted(names[1], count(test), totals[1], "tokens")
               + f"; vocabulary of {len(vocab):,} words from both whole splits; batches of "
               f"{batch} contiguous token columns")
-    data = TaskData(train, test, source, len(vocab))
+    data = hold_out(TaskData(train, test, source, len(vocab)), val_fraction, "tokens")
     # the tokens the LM predicts: every row but the first of each column
-    data.unigram_perplexity = unigram_perplexity(train, test[1:], len(vocab))
+    data.unigram_perplexity = unigram_perplexity(data.train, test[1:], len(vocab))
     return _say_train_eval(data, "tokens")
 
 
-def build_model(task: str, size: Any, vocab: int = 0) -> nn.Module:
+def build_model(task: str, size: Any, vocab: int = 0, seed: int = 0) -> nn.Module:
     validate.choice("task", task, TASKS)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if task == "mnist":
         return MNISTFCDNN(int(size))
     if task == "cifar":
@@ -373,7 +400,13 @@ class RealTaskStudy:
     retrain_epochs: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULTS["retrain_epochs"]))
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULTS["lr"]))
-    retrain_lr_factor: float = 0.1
+    #: retraining runs at one of these fractions of lr, the one that does best on the
+    #: validation split after each step down (one value: no choice to make)
+    retrain_lr_factors: tuple[float, ...] = (0.1,)
+    #: share of the training items held out as that validation split
+    val_fraction: float = 0.1
+    #: nets per task and size, each with its own initialization and batch order
+    seeds: int = 3
     #: images per step (one number for every image task, or one per task); for the LMs,
     #: the number of contiguous token columns, 20 unless set per task
     batch_size: int | dict[str, int] = 128
@@ -424,6 +457,10 @@ class RealTaskStudy:
                 validate.integer(name, cap, lo=1)
         for t in TASKS:
             validate.integer(f"batch_size[{t!r}]", self.batch(t), lo=1, hi=1 << 20)
+        for f in validate.non_empty("retrain_lr_factors", self.retrain_lr_factors):
+            validate.number("retrain_lr_factors", f, lo=0.0, hi=10.0, lo_open=True)
+        validate.number("val_fraction", self.val_fraction, lo=0.0, hi=0.5)
+        validate.integer("seeds", self.seeds, lo=1, hi=100)
         validate.choice("step_rule", self.step_rule, ("l2", "max"))
         for name in ("direct", "online"):
             if not isinstance(getattr(self, name), bool):
@@ -441,33 +478,43 @@ class RealTaskStudy:
                 [("resnet", d) for d in self.resnet_depths] +
                 [("lm", u) for u in self.lm_units])
 
+    def seed_list(self) -> list[int]:
+        """The seeds of every net: ``seed``, ``seed + 1``, ..."""
+        return [self.seed + k for k in range(self.seeds)]
+
     def batch(self, task: str) -> int:
         """Images per step, or token columns for the LMs."""
         if isinstance(self.batch_size, dict):
             return self.batch_size.get(task, LM_COLUMNS if task == "lm" else 128)
         return LM_COLUMNS if task == "lm" else self.batch_size
 
-    def settings(self, task: str) -> dict[str, Any]:
+    def settings(self, task: str, seed: int | None = None) -> dict[str, Any]:
         """What one net of ``task`` depends on: its data, training and quantization settings
-        (a net's cache key, so that changing another task's settings keeps it)."""
+        and its seed (a net's cache key, so that changing another task's settings keeps
+        it). The data split does not depend on the net's seed: every seed sees the same
+        training, validation and test items."""
         return {"epochs": self.epochs.get(task, 1), "retrain_epochs":
                 self.retrain_epochs.get(task, 0), "lr": self.lr.get(task, 0.001),
-                "retrain_lr_factor": self.retrain_lr_factor, "batch_size": self.batch(task),
+                "retrain_lr_factors": list(self.retrain_lr_factors),
+                "val_fraction": self.val_fraction, "batch_size": self.batch(task),
                 "max_train": cap_for(self.max_train, task),
                 "max_test": cap_for(self.max_test, task), "bits": list(self.bits),
                 "direct": self.direct, "step_rule": self.step_rule, "online": self.online,
-                "seed": self.seed}
+                "data_seed": self.seed, "seed": self.seed if seed is None else seed}
 
 
 def task_data(task: str, settings: dict[str, Any], root: Path | None = None) -> TaskData:
     """The data a net of ``task`` trains and is tested on, from its ``settings``."""
     validate.choice("task", task, TASKS)
     online = settings.get("online", False)
+    val = settings.get("val_fraction", 0.0)
     if task == "lm":
         return lm_data(root, online, settings.get("batch_size", LM_COLUMNS),
-                       max_train=settings.get("max_train"), max_test=settings.get("max_test"))
+                       max_train=settings.get("max_train"), max_test=settings.get("max_test"),
+                       val_fraction=val)
     return image_data("mnist" if task == "mnist" else "cifar", root, online,
-                      settings.get("max_train"), settings.get("max_test"), settings.get("seed", 0))
+                      settings.get("max_train"), settings.get("max_test"),
+                      settings.get("data_seed", settings.get("seed", 0)), val)
 
 
 def start_as_unigram(model: WordLM, train: torch.Tensor, vocab: int) -> None:
@@ -484,15 +531,20 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData, device: torch.device
-             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train one net, quantize it progressively down ``study.bits`` with retraining, and
-    measure it on its test data and on as much of its training data at every width; the
-    rows, and the float and quantized weights (for the loss-surface chapter)."""
-    model = build_model(task, size, data.vocab).to(device)
+def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData,
+                   device: torch.device, seed: int | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train one net (``seed``: its initialization and batch order), quantize it
+    progressively down ``study.bits`` with retraining, and measure it on its test data and
+    on as much of its training data at every width; the rows, and the float and quantized
+    weights (for the loss-surface chapter). After each step down, the retraining runs at
+    each of ``retrain_lr_factors`` x lr from the same start, and the one that does best on
+    the validation split goes on (the test split is measured, never consulted)."""
+    seed = study.seed if seed is None else seed
+    model = build_model(task, size, data.vocab, seed).to(device)
     if channels_last(task):
         model = model.to(memory_format=torch.channels_last)
-    s = study.settings(task)
+    s = study.settings(task, seed)
     ep, lr, re = s["epochs"], s["lr"], s["retrain_epochs"]
 
     def put(d: Any) -> Any:
@@ -501,8 +553,10 @@ def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData, d
 
     train_set = put(data.train)
     sets = {"train": put(data.train_eval), "test": put(data.test)}
+    val = put(data.val) if data.val is not None else None
+    metric = _metric(task)
 
-    g = torch.Generator().manual_seed(study.seed)
+    g = torch.Generator().manual_seed(seed)
 
     def train(m: nn.Module, epochs: float, rate: float, cfg: QuantConfig | None) -> None:
         if task == "lm":  # retraining starts at a random segment
@@ -510,44 +564,60 @@ def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData, d
                                                             generator=g)) // BPTT
             train_lm(m, train_set, epochs, rate, config=cfg, decay=cfg is None, first=first)
         else:
-            train_classifier(m, train_set, epochs, rate, s["batch_size"], cfg, study.seed,
+            train_classifier(m, train_set, epochs, rate, s["batch_size"], cfg, seed,
                              decay=cfg is None)
 
     def measure(m: nn.Module, cfg: QuantConfig | None) -> dict[str, dict[str, float]]:
         run = Quantized(m, cfg)
         return {k: evaluate(task, run, v) for k, v in sets.items()}
 
+    def score(m: nn.Module, cfg: QuantConfig) -> float:
+        """Higher is better, on the validation split."""
+        r = evaluate(task, Quantized(m, cfg), val)
+        return -r["perplexity"] if metric == "perplexity" else r["accuracy"]
+
     t0 = time.perf_counter()
     if task == "lm":
         start_as_unigram(model, data.train, data.vocab)
     train(model, ep, lr, None)
-    base = {"task": task, "model": model_name(task, size), "size": size,
+    base = {"task": task, "model": model_name(task, size), "size": size, "seed": seed,
             "params": count_parameters(model), "data": data.source, "profile": study.profile,
             "unit": UNIT[task], **data.sizes(), "epochs": ep, "retrain_epochs": re, "lr": lr,
-            "retrain_lr": lr * study.retrain_lr_factor, "batch_size": s["batch_size"],
-            "unigram_perplexity": data.unigram_perplexity}
+            "batch_size": s["batch_size"], "unigram_perplexity": data.unigram_perplexity}
     rows, states = [], {"float": _snapshot(model)}
 
-    def add(res: dict[str, dict[str, float]], bits: int | None, retrained: bool) -> None:
+    def add(res: dict[str, dict[str, float]], bits: int | None, retrained: bool,
+            factor: float | None = None) -> None:
         for split, r in res.items():
-            rows.append({**base, "bits": bits, "retrained": retrained, "split": split, **r})
+            rows.append({**base, "bits": bits, "retrained": retrained, "split": split,
+                         "retrain_lr_factor": factor,
+                         "retrain_lr": None if factor is None else lr * factor, **r})
 
     add(measure(model, None), None, False)
     shadow = copy.deepcopy(model)
+    factors = list(study.retrain_lr_factors)
     for b in study.bits:
         cfg = QuantConfig(b, study.step_rule)
         if study.direct:
             add(measure(model, cfg), b, False)  # straight from the float net
+        chosen = factors[0]
         if re:
-            train(shadow, re, lr * study.retrain_lr_factor, cfg)
+            tries = []
+            for f in factors:
+                m = shadow if len(factors) == 1 else copy.deepcopy(shadow)
+                train(m, re, lr * f, cfg)
+                tries.append((score(m, cfg) if len(factors) > 1 and val is not None else 0.0,
+                              -factors.index(f), f, m))
+            _, _, chosen, shadow = max(tries, key=lambda t: t[:2])
         q = Quantized(shadow, cfg)
-        add(measure(shadow, cfg), b, bool(re))
+        add(measure(shadow, cfg), b, bool(re), chosen if re else None)
         frozen = copy.deepcopy(shadow)
         bake(dict(frozen.named_parameters()), q.prepared)
         states[str(b)] = _snapshot(frozen)
     for r in rows:
         r["wall_s"] = round(time.perf_counter() - t0, 2)
-    return rows, {"task": task, "size": size, "vocab": data.vocab, "states": states}
+    return rows, {"task": task, "size": size, "seed": seed, "vocab": data.vocab,
+                  "states": states}
 
 
 def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
@@ -559,10 +629,10 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
     dev = resolve_device(device)
     datasets: dict[tuple, TaskData] = {}
     rows: list[dict[str, Any]] = []
-    units = study.units()
+    units = [(task, size, seed) for task, size in study.units() for seed in study.seed_list()]
     bar = progress_bar(total=len(units), desc="real-task nets", disable=not progress)
-    for task, size in units:
-        settings = study.settings(task)
+    for task, size, seed in units:
+        settings = study.settings(task, seed)
         which = ("lm" if task == "lm" else "mnist" if task == "mnist" else "cifar",
                  settings["max_train"], settings["max_test"])
         if which not in datasets:
@@ -570,8 +640,9 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
         data = datasets[which]
         config = {"study": settings, "task": task, "size": size, "data": data.source}
 
-        def compute(task=task, size=size, data=data) -> tuple[dict[str, Any], Any]:
-            out, states = train_task_net(study, task, size, data, dev)
+        def compute(task=task, size=size, data=data, seed=seed
+                    ) -> tuple[dict[str, Any], Any]:
+            out, states = train_task_net(study, task, size, data, dev, seed)
             return {"profile": study.profile, "rows": out}, states
 
         # the net is part of its record: a lost .pt makes the record a miss, so it is
@@ -585,6 +656,23 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
     return pd.DataFrame(rows)
 
 
+def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per net, width and split: the metrics averaged over the seeds (with their
+    standard deviations as ``*_sd``), what the page's figures and tables show. The
+    verdicts use the seeds themselves."""
+    if rows.empty or "seed" not in rows:
+        return rows
+    keys = ["task", "model", "bits", "retrained", "split"]
+    metrics = [m for m in ("accuracy", "loss", "perplexity") if m in rows]
+    g = rows.groupby(keys, dropna=False, sort=False)
+    first = g.first().drop(columns=metrics + ["seed"], errors="ignore")
+    means = g[metrics].mean()
+    sds = g[metrics].std().add_suffix("_sd")
+    out = first.join(means).join(sds).reset_index()
+    out["seeds"] = g.size().values
+    return out
+
+
 def load_states(key: str, cache: ResultsCache | None = None) -> dict[str, Any]:
     try:
         return (cache or ResultsCache()).load_artifact(
@@ -595,13 +683,15 @@ def load_states(key: str, cache: ResultsCache | None = None) -> dict[str, Any]:
 
 def rebuild(saved: dict[str, Any], which: str) -> nn.Module:
     """The float net (``which='float'``) or its quantized weights at a width ('8', '2', ...)."""
-    model = build_model(saved["task"], saved["size"], saved["vocab"])
+    model = build_model(saved["task"], saved["size"], saved["vocab"], saved.get("seed", 0))
     model.load_state_dict(saved["states"][which])
     return model.eval()
 
 
 def by_bits(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """``metric`` per (task, model, split) and width, retrained rows, float as 'float'."""
+    """``metric`` per (task, model, split) and width (mean over seeds), retrained rows,
+    float as 'float'."""
+    rows = seed_means(rows)
     keep = rows[rows.bits.isna() | rows.retrained]
     t = keep.assign(width=keep.bits.map(lambda b: "float" if b != b else str(int(b))))
     return t.pivot_table(index=["task", "model", "params", "split"], columns="width",
@@ -613,6 +703,7 @@ def robustness(rows: pd.DataFrame, metric: str = "accuracy", tolerance: float = 
     """Fewest bits whose metric stays within ``tolerance`` (relative) of float, per net and
     split, for every width at and above it."""
     out = []
+    rows = seed_means(rows)
     keep = rows[rows.bits.isna() | rows.retrained]
     for (task, model, split), g in keep.groupby(["task", "model", "split"], sort=False):
         if split not in sets:
@@ -628,9 +719,30 @@ def robustness(rows: pd.DataFrame, metric: str = "accuracy", tolerance: float = 
     return pd.DataFrame(out)
 
 
-#: how the page names each task's nets
+#: how the page names each task's nets (on the real data; see ``stand_in_name``)
 FAMILY = {"mnist": "MNIST FCDNNs", "cifar": "CIFAR-10 CNNs", "resnet": "CIFAR-style ResNets",
           "lm": "PTB word-level LMs"}
+#: ... and on what stands in when CIFAR-10 is missing
+STAND_IN_FAMILY = {"cifar": "CIFAR-10 CNNs on a stand-in (MNIST padded to 32x32x3)",
+                   "resnet": "CIFAR-style ResNets on a stand-in (MNIST padded to 32x32x3)"}
+
+
+def on_stand_in(data: str) -> bool:
+    """Whether a net's data sentence says that something stood in for missing data."""
+    return any(w in str(data) for words in FETCH_HINTS.values() for w in words)
+
+
+def family_name(rows: pd.DataFrame, task: str) -> str:
+    """How a figure or sentence names ``task``'s nets in ``rows`` (a stand-in as such)."""
+    data = rows[rows.task == task].data
+    return stand_in_name(task, data.iloc[0] if len(data) else "")
+
+
+def stand_in_name(task: str, data: str) -> str:
+    """A task's nets named with their data: a stand-in is called a stand-in."""
+    if task in STAND_IN_FAMILY and "CIFAR-10 is not available" in str(data):
+        return STAND_IN_FAMILY[task]
+    return FAMILY.get(task, task)
 
 
 def _metric(task: str) -> str:
@@ -651,11 +763,16 @@ def data_statement(rows: pd.DataFrame) -> str:
         r = g.iloc[0]
         how = ""
         if "epochs" in r and r.epochs == r.epochs:
+            retrained = rows[(rows.task == task) & rows.retrained.astype(bool)]
+            chosen = sorted(set(retrained.get("retrain_lr", pd.Series(dtype=float)).dropna()))
+            rates = ", ".join(_rate(x) for x in chosen) or "none"
             how = (f" Each net trained for {_epochs(r.epochs)} (Adam, learning rate "
                    f"{_rate(r.lr)} warming up, then decaying to zero on a cosine), then for "
-                   f"{_epochs(r.retrain_epochs)} at learning rate {_rate(r.retrain_lr)} after "
-                   f"each step down the widths.")
-        lines.append(f"- *{FAMILY.get(task, task)}* ({', '.join(g.model)}): {r.data}.{how}")
+                   f"{_epochs(r.retrain_epochs)} after each step down the widths, at the "
+                   f"retraining rate that did best on the validation split (chosen: {rates}).")
+        seeds = rows[rows.task == task]["seed"].nunique() if "seed" in rows else 1
+        lines.append(f"- *{stand_in_name(task, r.data)}* ({', '.join(g.model)}; {seeds} "
+                     f"seed{'s' if seeds != 1 else ''} each): {r.data}.{how}")
     missing = [name for name, words in FETCH_HINTS.items()
                if any(w in str(d) for d in floats.data for w in words)]
     if missing:
@@ -676,6 +793,7 @@ def quality(rows: pd.DataFrame) -> pd.DataFrame:
     and for the LMs the unigram baseline and the ratio of test perplexity to it: the numbers
     a claim about a net should check first (is the net any good?)."""
     out = []
+    rows = seed_means(rows)
     for (task, model), g in rows[rows.bits.isna()].groupby(["task", "model"], sort=False):
         m = _metric(task)
         split = g.set_index("split")[m]
@@ -712,17 +830,23 @@ def reading_notes(rows: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
     more training; such a curve reads 'no loss', not 'quantization helps')."""
     if rows.empty:
         return []
+    rows = seed_means(rows)
     q = quality(rows)
+    data = rows.groupby("task", sort=False).data.first()
+
+    def name(task: str) -> str:
+        return stand_in_name(task, data.get(task, ""))
+
     notes = []
     parts = []
     for task, g in q.groupby("task", sort=False):
         if task == "lm":
-            parts.append(f"the {FAMILY[task]} reach test perplexity "
+            parts.append(f"the {name(task)} reach test perplexity "
                          f"{_span(g['float test'], '.0f')} against "
                          f"{_span(g['unigram perplexity'], '.0f')} for a unigram model of "
                          f"their training text ({_span(g['test / unigram'], '.2f')} of it)")
         else:
-            parts.append(f"the {FAMILY[task]} reach float test accuracy "
+            parts.append(f"the {name(task)} reach float test accuracy "
                          f"{_span(g['float test'], '.3f')}")
     notes.append("How good the float nets are: " + "; ".join(parts) + ".")
     gaps = []
@@ -730,7 +854,7 @@ def reading_notes(rows: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
         gap = (g["float test"] - g["float train"]) if task == "lm" else \
             (g["float train"] - g["float test"])
         unit = "perplexity" if task == "lm" else "accuracy"
-        gaps.append(f"{FAMILY[task]} {_span(list(gap), '+.3f' if task != 'lm' else '+.0f')} "
+        gaps.append(f"{name(task)} {_span(list(gap), '+.3f' if task != 'lm' else '+.0f')} "
                     f"{unit}")
     notes.append("How much they memorized, as training minus test performance in float "
                  "(test minus training perplexity for the LMs): " + "; ".join(gaps) + ". "
@@ -759,14 +883,19 @@ def reading_notes(rows: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
 
 
 def trained(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
-    """The newest real-task record per net under ``profile``: task, size, model, key, and
-    the settings that rebuild its data."""
-    out = {}
+    """The newest real-task record per net under ``profile``, of its first seed (the loss
+    surfaces look at one net per size): task, size, model, key, and the settings that
+    rebuild its data."""
+    out: dict[tuple, dict[str, Any]] = {}
     for r in records.of_profile(EXPERIMENT, profile, cache):
         c = r["config"]
-        out[(c["task"], str(c["size"]))] = {
-            "task": c["task"], "size": c["size"], "model": model_name(c["task"], c["size"]),
-            "key": r["key"], "study": c["study"], "data": c["data"]}
+        seed = int(c["study"].get("seed", 0))
+        key = (c["task"], str(c["size"]))
+        if key in out and out[key]["seed"] < seed:
+            continue
+        out[key] = {"task": c["task"], "size": c["size"], "seed": seed,
+                    "model": model_name(c["task"], c["size"]), "key": r["key"],
+                    "study": c["study"], "data": c["data"]}
     return pd.DataFrame(list(out.values()))
 
 
