@@ -300,6 +300,7 @@ def length_findings(by_length: pd.DataFrame) -> str:
                 "within the seeds' spread: no growth is resolved at the chapter's length."
                 if d["converged"] else
                 "more than the seeds' spread: the capacity had not converged at the "
-                "chapter's length, and its value in Table 1 is a lower bound for this recipe.")
+                "chapter's length, and the value reported above is a lower bound for this "
+                "recipe.")
         out.append(text)
     return " ".join(out)

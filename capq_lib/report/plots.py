@@ -263,29 +263,41 @@ def bits_per_param_by_family(rows: pd.DataFrame) -> go.Figure:
 
 
 def capacity_vs_length(by_length: pd.DataFrame) -> go.Figure:
-    """Conv bits per parameter against training length (the study's epochs x factor), one
-    line per CNN with the seeds' standard deviation, the paper's Table-1 value dashed:
-    does the capacity still grow when training is longer?"""
+    """Bits per parameter (conv share for CNNs) against training length (the study's
+    epochs x factor), one line per model with the seeds' standard deviation, the paper's
+    value dashed: does the capacity still grow when training is longer?"""
     table = reference.paper()["cnn"]["table1"]["models"]
     fc_bits = reference.value("cnn.fc_bits_per_param_assumed")
     fig = go.Figure()
+    conv = "params_conv" in by_length and by_length.params_conv.notna().all()
     for i, (model, g) in enumerate(by_length.groupby("model", sort=False)):
-        p_fc, p_conv = int(g.params_fc.iloc[0]), int(g.params_conv.iloc[0])
         color = PALETTE[i % len(PALETTE)]
+        if conv:
+            p_fc, p_conv = int(g.params_fc.iloc[0]), int(g.params_conv.iloc[0])
+            y, size = (g.capacity_bits - fc_bits * p_fc) / p_conv, p_conv
+            paper = table.get(model, {}).get("conv_bits_per_param")
+        else:
+            size = int(g.params.iloc[0])
+            y = g.capacity_bits / size
+            paper = (reference.value("rnn.bits_per_param") if "units" in g
+                     and g.units.notna().all() else
+                     reference.value("fcdnn.bits_per_param_mean"))
+        unit = "conv bits/param" if conv else "bits/param"
         fig.add_trace(go.Scatter(
-            x=g.epochs, y=(g.capacity_bits - fc_bits * p_fc) / p_conv, mode="lines+markers",
-            name=f"model {model}", line=dict(color=color),
-            error_y=dict(type="data", array=(g.capacity_bits_sd / p_conv).fillna(0)),
+            x=g.epochs, y=y, mode="lines+markers", name=f"{model}", line=dict(color=color),
+            error_y=dict(type="data", array=(g.capacity_bits_sd / size).fillna(0)),
             customdata=np.c_[g.factor, g.n_samples, g.p, g.seeds],
-            hovertemplate=("%{x} epochs (x%{customdata[0]:g}): %{y:.2f} conv bits/param"
+            hovertemplate=("%{x} epochs (x%{customdata[0]:g}): %{y:.2f} " + unit +
                            "<br>at N = %{customdata[1]:,}, mean p %{customdata[2]:.4f}, "
                            "%{customdata[3]} seeds<extra>" + model + "</extra>")))
-        fig.add_hline(y=table[model]["conv_bits_per_param"], line_dash="dash",
-                      line_color=color, annotation_text=f"paper, {model}",
-                      annotation_position="top left")
+        if paper is not None:
+            fig.add_hline(y=paper, line_dash="dash", line_color=color,
+                          annotation_text=f"paper, {model}" if conv else "paper",
+                          annotation_position="top left")
     return _layout(fig, "Capacity against training length",
                    xaxis=dict(title="epochs", type="log"),
-                   yaxis=dict(title="conv bits per parameter (FC at 2.3)", rangemode="tozero"))
+                   yaxis=dict(title="conv bits per parameter (FC at 2.3)" if conv else
+                              "bits per parameter", rangemode="tozero"))
 
 
 def search_ranges(trials: pd.DataFrame) -> go.Figure:

@@ -204,8 +204,12 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
                             (FCDNN_KIND, CNN_KIND, RNN_KIND, FCDNN_CNN_RECIPE_KIND))
     lengths = training_lengths(profile, cache)
     real = records.rows("real-tasks", profile, cache)
-    real = pd.DataFrame(real).drop_duplicates(["task", "model", "bits", "retrained", "split"],
-                                              keep="last") if real else pd.DataFrame()
+    real = pd.DataFrame(real) if real else pd.DataFrame()
+    if len(real):
+        if "seed" not in real:
+            real["seed"] = 0
+        real = real.drop_duplicates(["task", "model", "seed", "bits", "retrained", "split"],
+                                    keep="last")
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
                     lossless=measured(profile, cache, per_seed=True),
