@@ -7,7 +7,7 @@ import subprocess
 import nbformat
 import pytest
 
-from .conftest import ROOT, run_capq
+from .conftest import ROOT, offline_data, run_capq
 
 CHAPTERS = {"intro": 1, "mutual-information": 3, "fcdnn-capacity": 5, "cnn-capacity": 3,
             "rnn-capacity": 2, "quantization": 6, "bits-needed": 1, "real-tasks": 5,
@@ -89,28 +89,45 @@ def test_a_failing_notebook_shows_its_error_and_the_others_still_run(tmp_path):
     assert git_status() == before
 
 
+def test_the_readme_and_the_intro_show_the_same_rerun_commands():
+    """One list (report/commands.py) is the intro's "Rerunning it" block (rendered from it)
+    and the README's (compared here)."""
+    from capq_lib.report.commands import block
+
+    assert block() in (ROOT / "README.md").read_text()
+    intro = nbformat.read(ROOT / "book" / "intro.ipynb", as_version=4)
+    assert any("Markdown(block())" in c.source for c in intro.cells)
+    assert not any("```bash" in c.source for c in intro.cells if c.cell_type == "markdown")
+
+
 @pytest.mark.slow
-def test_the_readme_papermill_examples_run_as_written(tmp_path):
-    """The README's batch-rerun lines, with the smoke profile and the CPU; an unknown name
-    is refused before anything is computed."""
+def test_every_rerun_command_runs_at_smoke_size(tmp_path, smoke_book):
+    """Each command of the README and the intro, in its smoke-sized form (smoke profile, the
+    CPU), in a folder of its own on a copy of the smoke book's results (what a reader's
+    cache holds after a build); an unknown papermill name is refused before anything is
+    computed."""
     import os
     import shlex
+    import shutil
     import sys
 
-    readme = (ROOT / "README.md").read_text()
-    lines = [ln.split("#")[0].strip() for ln in readme.splitlines()
-             if ln.startswith(("capq params", "papermill "))]
-    assert any(ln.startswith("papermill") for ln in lines) and lines[0].startswith("capq params")
+    from capq_lib.report.commands import RERUN
+
+    shutil.copytree(smoke_book / "results", tmp_path / "results")
     (tmp_path / "book").symlink_to(ROOT / "book")
+    (tmp_path / "my-profile.yaml").write_text(
+        (ROOT / "book" / "profiles" / "smoke.yaml").read_text())
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"],
-           "CAPQ_RESULTS_DIR": str(tmp_path / "results")}
-    for line in lines:
-        line = line.replace("--profile quick", "--profile smoke").replace("device cuda",
-                                                                          "device cpu")
+           "CAPQ_RESULTS_DIR": str(tmp_path / "results"),
+           "CAPQ_DATA_DIR": os.environ.get("CAPQ_DATA_DIR") or str(offline_data())}
+    for command in RERUN:
+        line = command.smoke
+        if line.startswith("capq build"):  # the book goes here, not into the checkout
+            line += f" --output {tmp_path / 'out'}"
         proc = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, (line, proc.stderr[-3000:])
+                              text=True, timeout=900)
+        assert proc.returncode == 0, (line, proc.stdout[-2000:], proc.stderr[-3000:])
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert out.metadata.papermill.parameters["widths"] == [32, 64]
     rows = json.loads(run_capq("results", "fcdnn-capacity", "--profile", "wide",

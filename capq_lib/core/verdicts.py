@@ -20,6 +20,9 @@ import numpy as np
 #: interval half-width in standard errors (about 95 % for a normal mean)
 Z = 2.0
 AGREES, DIFFERS, INCONCLUSIVE = "agrees", "differs", "inconclusive"
+#: a claim the profile did not measure (the scorecard still shows it, with why)
+NOT_MEASURED = "not measured"
+OUTCOMES = (AGREES, DIFFERS, INCONCLUSIVE, NOT_MEASURED)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ def differs(reason: str = "") -> Verdict:
 
 def inconclusive(reason: str) -> Verdict:
     return Verdict(INCONCLUSIVE, reason)
+
+
+def not_measured(reason: str) -> Verdict:
+    return Verdict(NOT_MEASURED, reason)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ def capacity_summary(trials: pd.DataFrame) -> pd.DataFrame:
                "bits_per_param": mean / params, "bits_per_param_sd": sd / params,
                "n_at_max": top.n_at_max, "p_at_max": float(at.accuracy),
                "p_replicates": float(reps.accuracy.mean()) if len(reps) else float("nan"),
+               "p_replicates_sd": (float(reps.accuracy.std(ddof=1)) if len(reps) > 1
+                                   else float("nan")),
                "lr_at_max": float(at.lr), "momentum_at_max": float(at.momentum),
                "decay_at_max": _decay(at),
                "n_swept": sorted(int(n) for n in c.n_samples),

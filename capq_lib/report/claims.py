@@ -35,6 +35,8 @@ from capq_lib.core import reference
 from capq_lib.core import verdicts as v
 from capq_lib.core.verdicts import Estimate, Verdict
 from capq_lib.experiments.realtasks import on_stand_in
+from capq_lib.nets.models import count_parameters
+from capq_lib.nets.taskmodels import CIFARCNN
 
 #: the columns of a scorecard row
 COLUMNS = ["chapter", "claim", "paper says", "source", "we measured", "test", "verdict"]
@@ -57,6 +59,8 @@ class Evidence:
     #: fewest lossless bits per family, model, N definition and seed (the quantization
     #: chapter; one row per net)
     lossless: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the quantization chapter's main rows: one per net (seed) and width, float included
+    quant: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: the fill sweep: one row per net, float bits per parameter and fewest lossless bits
     fill: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: real-task rows: one per net, width and split
@@ -85,6 +89,18 @@ class Claim:
     test: str
     judge: Callable[[Evidence], list[Finding]]
     precondition: str = ""
+    #: the subjects the paper states the claim for (Table-1 models, families, tasks), with
+    #: the paper's value for each (None: the claim's); a subject without a finding gets a
+    #: "not measured" row, so the scorecard shows what was skipped as well as what was
+    #: checked
+    subjects: Callable[[], dict[str, str | None]] | None = None
+    #: why the claim (or a subject of it: a mapping) may lack a measurement under a profile
+    unmeasured: str | dict[str, str] = "no results of its chapter under this profile"
+
+    def why_unmeasured(self, subject: str = "") -> str:
+        if isinstance(self.unmeasured, dict):
+            return self.unmeasured.get(subject, "no results of its chapter under this profile")
+        return self.unmeasured
 
     @property
     def paper(self) -> str:
@@ -96,8 +112,15 @@ class Claim:
         return reference.source(self.ref)
 
     def rows(self, ev: Evidence) -> list[dict]:
+        found = self.judge(ev)
+        expected = self.subjects() if self.subjects else {}
+        have = {f.subject for f in found}
+        missing = [Finding("not measured", v.not_measured(self.why_unmeasured(s)), s, p)
+                   for s, p in expected.items() if s not in have]
+        if not found and not expected:
+            missing = [Finding("not measured", v.not_measured(self.why_unmeasured()))]
         out = []
-        for f in self.judge(ev):
+        for f in found + missing:
             if "{subject}" in self.text:
                 text = self.text.format(subject=f.subject)
             else:
@@ -114,11 +137,25 @@ class Claim:
 REL_TOLERANCE = 0.10
 #: fewest lossless bits match the paper's when the seeds' interval lies within this many bits
 BIT_SLACK = 0.5
+#: an accuracy loss of 0 matches within the quantization chapter's lossless tolerance
+LOSSLESS_POINTS = 0.005
 
 
 def near(value: float) -> float:
     """The tolerance of one paper number under the rule: 10 % of it."""
     return REL_TOLERANCE * abs(value)
+
+
+def counts(table: pd.DataFrame) -> dict[str, int]:
+    """How many scorecard rows agree, differ, are inconclusive, or were not measured."""
+    first = table["verdict"].str.split(" (", n=1, regex=False).str[0] if len(table) else []
+    return {o: int((first == o).sum()) if len(table) else 0 for o in v.OUTCOMES}
+
+
+def counts_text(table: pd.DataFrame) -> str:
+    c = counts(table)
+    return (f"{len(table)} rows: {c[v.AGREES]} agree, {c[v.DIFFERS]} differ, "
+            f"{c[v.INCONCLUSIVE]} inconclusive, {c[v.NOT_MEASURED]} not measured")
 
 
 # --- reading estimates off capacity summaries -----------------------------------------------
@@ -688,6 +725,120 @@ def _real_6bits(ev: Evidence) -> list[Finding]:
     return out
 
 
+# --- claims located by N, and the paper's setup checked -----------------------------------
+
+def _n_interval(row: pd.Series) -> tuple[int, int]:
+    """Where a peak of I lies: between the trained N on either side of the peak's N (the
+    grid's resolution is the measurement's uncertainty)."""
+    swept = sorted(int(n) for n in row.get("n_swept") or [row.n_at_max])
+    i = swept.index(int(row.n_at_max))
+    return swept[max(0, i - 1)], swept[min(len(swept) - 1, i + 1)]
+
+
+def _peak_in(row: pd.Series, lo: float, hi: float) -> Verdict:
+    """Does the peak's N lie in [lo, hi]? Agrees when everything between its neighbours
+    does, differs when nothing does; an unbracketed or unconverged peak cannot say."""
+    lower, why = convergence(row)
+    a, b = _n_interval(row)
+    if lower:
+        return v.inconclusive(why or "lower bound")
+    if lo <= a and b <= hi:
+        return v.agrees()
+    if b < lo or a > hi:
+        return v.differs()
+    return v.inconclusive("the N grid straddles the range")
+
+
+def _fc_fig2a(ev: Evidence) -> list[Finding]:
+    m = reference.value("fcdnn.fig2a_model")
+    name = f"{m['depth']}x{m['width']}"
+    row = ev.fc[ev.fc.model == name] if len(ev.fc) else ev.fc
+    if row.empty:
+        return []
+    r = row.iloc[0]
+    lo, hi = reference.value("fcdnn.fig2a_n_at_max_range")
+    a, b = _n_interval(r)
+    return [Finding(f"peak at N = {int(r.n_at_max):,} (between the trained {a:,} and {b:,})",
+                    _peak_in(r, lo, hi))]
+
+
+def _paper_lstm(ev: Evidence) -> pd.Series | None:
+    units = reference.value("rnn.model")["units"]
+    if ev.rnn.empty or "units" not in ev.rnn:
+        return None
+    row = ev.rnn[ev.rnn.units == units]
+    return None if row.empty else row.iloc[0]
+
+
+def _rnn_n_at_max(ev: Evidence) -> list[Finding]:
+    r = _paper_lstm(ev)
+    if r is None:
+        return []
+    paper = reference.value("rnn.n_at_max")
+    a, b = _n_interval(r)
+    return [Finding(f"peak at N = {int(r.n_at_max):,} (between the trained {a:,} and {b:,}; "
+                    f"{r.model})", _peak_in(r, paper - near(paper), paper + near(paper)))]
+
+
+def _rnn_p_at_max(ev: Evidence) -> list[Finding]:
+    """The paper's accuracy at its LSTM's peak, compared as an error rate (1 - p), the
+    quantity the rule's 10 % can apply to."""
+    r = _paper_lstm(ev)
+    if r is None:
+        return []
+    paper = 1 - reference.value("rnn.p_at_max")
+    n = int(r.get("replicates", 0) or 0)
+    p = float(r.get("p_replicates", float("nan")))
+    lower, why = convergence(r)
+    e = Estimate(1 - p, _se(r.get("p_replicates_sd", float("nan")), n), max(n, 1), lower, why)
+    return [Finding(f"p = {p:.4f} at the peak (mean of {n} replicates, {r.model}); error rate "
+                    f"{e.text('.4f', 'replicates')} against the paper's {paper:.4f}",
+                    v.within(e, paper, near(paper)))]
+
+
+def _quant_loss6(ev: Evidence) -> list[Finding]:
+    """Per family at full capacity: the accuracy each seed lost at 6 bits (progressive,
+    retrained) against its float self; the model of the family that lost the most."""
+    q = ev.quant
+    if q.empty:
+        return []
+    ref = reference.value("quantization.loss_at_6_bits_full_capacity")
+    full = q[(q.definition == FULL) & q.main.astype(bool)]
+    out = []
+    for fam, g in full.groupby("family", sort=False):
+        worst = None
+        for model, h in g.groupby("model", sort=False):
+            f = h[h.bits.isna()].set_index("seed").accuracy
+            six = h[h.bits == 6].set_index("seed").accuracy
+            lost = (f - six).dropna()
+            if lost.empty:
+                continue
+            e = Estimate.of(lost)
+            if worst is None or e.mean > worst[1].mean:
+                worst = (model, e)
+        if worst is None:
+            continue
+        paper = float(ref[fam])
+        tol = max(near(paper), LOSSLESS_POINTS)
+        out.append(Finding(f"{100 * worst[1].mean:.1f} +- {100 * v.Z * worst[1].se:.1f} points "
+                           f"({worst[0]}, {worst[1].n} seeds)" if worst[1].n > 1 else
+                           f"{100 * worst[1].mean:.1f} points ({worst[0]}, one seed)",
+                           v.within(worst[1], paper, tol), FAMILY_NAMES[fam],
+                           f"{100 * paper:.0f} points"))
+    return out
+
+
+def _real_cifar_params(ev: Evidence) -> list[Finding]:
+    """The paper's CIFAR CNN sizes against ours, counted from our model definitions (a
+    check of the architecture, measured without training)."""
+    out = []
+    for size, paper in reference.value("real_tasks.cifar10_params").items():
+        ours = count_parameters(CIFARCNN(size))
+        out.append(Finding(f"{ours:,} parameters", v.agrees() if ours == paper else
+                           v.differs(), f"{size} CNN", f"{paper:,}"))
+    return out
+
+
 CLAIMS: list[Claim] = [
     Claim("mi.eq1", "Mutual information",
           "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
@@ -710,10 +861,20 @@ CLAIMS: list[Claim] = [
     Claim("fcdnn.depth", "FCDNN capacity", "depth d memorizes d times what depth 1 does",
           "fcdnn.depth_n_factor", "replicated capacity of depth d over d times that of "
           "depth 1, same width", "within 1 +- 10 %", _fc_depth),
+    Claim("fcdnn.fig2a", "FCDNN capacity", "a 3x64 FCDNN's information peaks at N between "
+          "30,000 and 40,000", "fcdnn.fig2a_n_at_max_range", "the N of the search's peak of "
+          "I, located between the trained N on either side of it",
+          "that interval inside the paper's range (agrees) or outside it (differs)",
+          _fc_fig2a, unmeasured="the paper's 3x64 FCDNN is not among this profile's "
+          "architectures (the paper profile trains it, hours on a GPU)"),
     Claim("cnn.model", "CNN capacity", "conv bits per parameter (FC share at 2.3)",
           "cnn.table1", "replicated capacity minus 2.3 bits per FC parameter, over conv "
           "parameters", "within the paper's value of the same model +- 10 %",
-          _cnn_models),
+          _cnn_models, subjects=lambda: {
+              f"model {m}": f"{t['conv_bits_per_param']} (model {m})"
+              for m, t in reference.paper()["cnn"]["table1"]["models"].items()},
+          unmeasured="not among this profile's CNNs (the paper profile measures all six "
+          "Table-1 models, hours on a GPU)"),
     Claim("cnn.mean", "CNN capacity", "conv bits per parameter, mean over models",
           "cnn.conv_bits_per_param_mean", "mean of the models' replicated conv shares",
           "within the paper's mean over the same models +- 10 %", _cnn_mean),
@@ -730,6 +891,17 @@ CLAIMS: list[Claim] = [
     Claim("rnn.bpp", "RNN capacity", "bits per parameter of the LSTM", "rnn.bits_per_param",
           "replicated capacity over parameters of our largest LSTM", "within 3.7 +- 10 %",
           _rnn_bpp),
+    Claim("rnn.n_at_max", "RNN capacity", "the 32-unit LSTM's information peaks at "
+          "N = 32K", "rnn.n_at_max", "the N of the search's peak of I for our 32-unit LSTM, "
+          "between the trained N on either side of it", "that interval inside 32,768 +- 10 % "
+          "(agrees) or outside it (differs)", _rnn_n_at_max,
+          unmeasured="the paper's 32-unit LSTM is not among this profile's sizes (the paper "
+          "profile trains it)"),
+    Claim("rnn.p_at_max", "RNN capacity", "the 32-unit LSTM's accuracy at its peak",
+          "rnn.p_at_max", "the replicates' error rate 1 - p at the peak of our 32-unit LSTM",
+          "within the paper's error rate 0.0048 +- 10 %", _rnn_p_at_max,
+          unmeasured="the paper's 32-unit LSTM is not among this profile's sizes (the paper "
+          "profile trains it)"),
     Claim("rnn.size", "RNN capacity", "bits per parameter does not depend on the LSTM's "
           "size", "rnn.size_independent", "replicated bits per parameter of our largest "
           "LSTM (by parameters) over that of our smallest", "ratio's interval inside the "
@@ -744,7 +916,23 @@ CLAIMS: list[Claim] = [
           "tolerance of float at that width and every wider one (progressive quantization "
           "with retraining, N = N_at_max); the model of the family that needed the most",
           "the seeds' mean +- 2 s.e. within the paper's width +- 0.5 bit (agrees) or wholly "
-          "outside it (differs)", _quant_full),
+          "outside it (differs)", _quant_full,
+          subjects=lambda: {FAMILY_NAMES[f]: f"{b} bits" for f, b in reference.value(
+              "quantization.lossless_bits_full_capacity").items()},
+          unmeasured={"CNN": "this profile does not quantize CNNs (the quick profile leaves "
+                      "them out: their capacity is a lower bound at its budget; the paper "
+                      "profile quantizes them on a GPU)"}),
+    Claim("quant.loss6", "Quantization", "{subject} at full capacity loses at 6 bits",
+          "quantization.loss_at_6_bits_full_capacity", "per seed, float accuracy minus "
+          "accuracy at 6 bits (progressive quantization with retraining, N = N_at_max); the "
+          "model of the family that lost the most",
+          "the seeds' mean +- 2 s.e. within the paper's loss +- 10 % of it (at least +- 0.5 "
+          "points, the chapter's lossless tolerance) or wholly outside (differs)",
+          _quant_loss6, subjects=lambda: {FAMILY_NAMES[f]: f"{100 * x:.0f} points" for f, x
+                                          in reference.value(
+              "quantization.loss_at_6_bits_full_capacity").items()},
+          unmeasured={"CNN": "this profile does not quantize CNNs (the paper profile does, "
+                      "on a GPU)"}),
     Claim("quant.half", "Quantization", "an FCDNN at half capacity keeps every sample at 4 bits",
           "quantization.half_capacity_fc", "as above, FCDNNs at the paper's half capacity, "
           "N = C/2 (C the replicated capacity in bits)", "the seeds' mean +- 2 s.e. of fewest "
@@ -771,12 +959,17 @@ CLAIMS: list[Claim] = [
           "per seed, the relative loss against float on the training set minus that on the "
           "test set, at the narrowest width (progressive quantization with retraining)",
           "per net, that difference's interval above 0 (agrees) or below 0 (differs), every "
-          "net; on stand-in data inconclusive", _real_test_vs_train, GAP_PRECONDITION),
+          "net; on stand-in data inconclusive", _real_test_vs_train, GAP_PRECONDITION,
+          subjects=lambda: {"CIFAR CNNs": None, "word-level LMs": None},
+          unmeasured="no nets of this family under this profile"),
     Claim("real.larger_robust", "Real tasks", "larger {subject} are more robust",
           "real_tasks.larger_nets_more_robust", "per seed, the relative test loss at the "
           "narrowest width of the smallest and the largest net of a task",
           "smallest minus largest > 2 s.e. (agrees) or < -2 s.e. (differs); on stand-in data "
-          "inconclusive", _real_larger, REAL_PRECONDITION),
+          "inconclusive", _real_larger, REAL_PRECONDITION,
+          subjects=lambda: {"CIFAR CNNs": None, "ResNets": None, "word-level LMs": None},
+          unmeasured="fewer than two sizes of this family meet the precondition under this "
+          "profile"),
     Claim("real.mnist8", "Real tasks", "a 2-layer MNIST FCDNN of width 8 at 4 bits matches "
           "float", "real_tasks.mnist_fcdnn_4bit_matches_float_from_width",
           "per seed, the relative test accuracy lost after progressive quantization to 4 "
@@ -786,7 +979,14 @@ CLAIMS: list[Claim] = [
           "real_tasks.resnet_and_wlm_lossless_bits", "per seed, the relative test loss at 6 "
           "bits (progressive quantization with retraining); the worst net of the task",
           "the seeds' interval at most 1 % (agrees) or wholly above it (differs); on "
-          "stand-in data inconclusive", _real_6bits, REAL_PRECONDITION),
+          "stand-in data inconclusive", _real_6bits, REAL_PRECONDITION,
+          subjects=lambda: {"ResNets": "6 bits", "word-level LMs": "6 bits"},
+          unmeasured={"ResNets": "no ResNets under this profile (the paper's are ImageNet's, "
+                      "which no profile here trains on)"}),
+    Claim("real.cifar_params", "Real tasks", "the {subject} has this many parameters",
+          "real_tasks.cifar10_params", "parameters of our CIFAR CNN definitions, counted "
+          "(every tensor)", "equal to the paper's count (agrees) or not (differs)",
+          _real_cifar_params),
 ]
 
 

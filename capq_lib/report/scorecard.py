@@ -22,6 +22,9 @@ from capq_lib.experiments.capacity import (
     RNN_KIND,
     TRAINING_LENGTH_KIND,
 )
+from capq_lib.experiments.consistency import consistency
+from capq_lib.experiments.precision import EXPERIMENT as QUANTIZATION
+from capq_lib.experiments.precision import main_rows
 from capq_lib.experiments.records import summaries
 from capq_lib.experiments.results import ResultsCache
 from capq_lib.nets.models import CNNSpec, conv_reuse
@@ -210,9 +213,11 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
             real["seed"] = 0
         real = real.drop_duplicates(["task", "model", "seed", "bits", "retrained", "split"],
                                     keep="last")
+    quant = pd.DataFrame(records.rows(QUANTIZATION, profile, cache))
+    quant = main_rows(quant) if len(quant) and "main" in quant else pd.DataFrame()
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
-                    lossless=measured(profile, cache, per_seed=True),
+                    lossless=measured(profile, cache, per_seed=True), quant=quant,
                     fill=fill.cached_nets(profile, cache), real=real)
 
 
@@ -290,3 +295,17 @@ def consistency_text(table: pd.DataFrame) -> str:
     return head + "; ".join(parts) + (". Records made by chapters that run after this one "
                                       "(the quantization chapter, the fill sweep) are "
                                       "checked again on the intro page.")
+
+
+def consistency_all(profile: str | None, cache: ResultsCache | None = None) -> str:
+    """The consistency check of every capacity chapter's summaries against the records
+    of the whole book (the intro runs last, so every other chapter's records are in)."""
+    parts = []
+    for kind, family in ((FCDNN_KIND, "fc"), (CNN_KIND, "cnn"), (RNN_KIND, "rnn")):
+        summary = summaries(kind, profile, cache)
+        if len(summary):
+            parts.append(f"*{kind}*: " + consistency_text(
+                consistency(summary, family, profile, cache)).split("** ", 1)[1].split(
+                ". Records made by chapters", 1)[0] + ".")
+    return ("**Every capacity against every other record of the same net.** "
+            + " ".join(parts)) if parts else "No capacity results yet."
