@@ -33,10 +33,12 @@ RERUN: tuple[Command, ...] = (
             "one chapter's values, flat YAML",
             "capq params fcdnn-capacity --profile smoke > fc.yaml"),
     Command('papermill book/fcdnn-capacity.ipynb out.ipynb -f fc.yaml '
-            '-y "{widths: [32, 64], fig1b_width: 32, fig2a_model: 2x32}" -p profile wide -p device cuda',
+            '-y "{widths: [32, 64], fig1b_width: 32, fig2a_model: 2x32}" '
+            '-p profile wide -p device cuda',
             "a notebook with changed values, labelled apart",
             'papermill book/fcdnn-capacity.ipynb out.ipynb -f fc.yaml '
-            '-y "{widths: [32, 64], fig1b_width: 32, fig2a_model: 2x32}" -p profile wide -p device cpu'),
+            '-y "{widths: [32, 64], fig1b_width: 32, fig2a_model: 2x32}" '
+            '-p profile wide -p device cpu'),
     Command("capq results fcdnn-capacity --profile quick --format json", "or --format csv",
             "capq results fcdnn-capacity --profile smoke --format json"),
     Command("capq results quantization --profile quick --format csv",
