@@ -174,3 +174,19 @@ def test_every_notebook_parameter_is_checked_by_its_chapters_configuration(profi
         ns = Reads({**notebook_defaults(BOOK_ROOT / nb), **prof.parameters(nb.stem, "cpu")})
         configure(nb.stem, ns)
         assert set(ns) - ns.read == set(), nb.stem
+
+
+def test_papermill_reads_every_name_of_every_parameters_cell():
+    """Papermill parses a parameters cell line by line and skips (with only a log line) one
+    it cannot read, e.g. a comment with '=' in it; such a parameter would escape every
+    check, so each cell's assigned names must be exactly what papermill reports."""
+    import nbformat
+
+    from capq_lib.core.paths import BOOK_ROOT
+    from capq_lib.report.chapters import _assigned
+    from capq_lib.report.runner import notebook_parameters, toc_notebooks
+
+    for nb in toc_notebooks():
+        cell = next(c for c in nbformat.read(BOOK_ROOT / nb, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        assert set(_assigned(cell.source)) == notebook_parameters(BOOK_ROOT / nb), nb
