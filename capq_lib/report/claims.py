@@ -104,7 +104,10 @@ class Claim:
 
     @property
     def paper(self) -> str:
-        val = reference.entry(self.ref).get("value", "per model, below")
+        """The paper's value as the scorecard shows it (an entry's ``shown`` text where the
+        bare value would not read as the claim, e.g. ``true``)."""
+        entry = reference.entry(self.ref)
+        val = entry.get("shown", entry.get("value", "per model, below"))
         return " to ".join(map(str, val)) if isinstance(val, list) else str(val)
 
     @property
@@ -297,7 +300,7 @@ def _fc_depth(ev: Evidence) -> list[Finding]:
     rs = []
     for r in deeper:
         x = ratio(capacity(r), capacity(one[int(r.width)]))
-        rs.append(Estimate(x.mean / r.depth, x.se / r.depth, x.n, x.lower_bound))
+        rs.append(Estimate(x.mean / r.depth, x.se / r.depth, x.n, x.lower_bound, x.caveat))
     e = v.mean_of(rs)
     return [Finding(f"C(d) / (d C(1)) = {e.text()} over {', '.join(r.model for r in deeper)}",
                     v.within(e, 1.0, near(1.0)))]
