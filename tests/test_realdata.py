@@ -246,7 +246,12 @@ def test_image_data_trains_on_the_training_split_and_says_what_it_used(tmp_path,
     assert d.source == ("Trained on the MNIST training set, first 100 of its 120 images; "
                         "tested on the MNIST test set, first 40 of its 50 images; training "
                         "performance measured on the first 40 of the 100 training images")
-    assert d.sizes() == {"train_items": 100, "test_items": 40, "train_eval_items": 40}
+    assert d.sizes() == {"train_items": 100, "test_items": 40, "train_eval_items": 40,
+                         "val_items": 0}
+    held = realtasks.image_data("mnist", root, False, max_train=100, max_test=40,
+                                val_fraction=0.1)
+    assert held.sizes()["train_items"] == 90 and held.sizes()["val_items"] == 10
+    assert "the last 10% of the training images (10) held out" in held.source
     assert torch.equal(d.train_eval[0], d.train[0][:40])
     # standardized with the training images' own mean and spread
     assert abs(float(d.train[0].mean())) < 1e-5
