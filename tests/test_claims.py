@@ -283,3 +283,83 @@ def test_a_language_model_is_judged_only_when_it_beats_a_unigram_model():
     stand = lm_rows(350).assign(data="Trained on the PTB validation split (the training "
                                      "split is not available here)")
     assert verdict(Evidence("t", real=stand), "real.6bits") == "inconclusive (stand-in data)"
+
+
+def with_sweep(df, model, n_at_max, swept):
+    out = df.copy()
+    out["n_at_max"] = [n_at_max if m == model else 1 for m in out.model]
+    out["n_swept"] = [swept if m == model else [1] for m in out.model]
+    return out
+
+
+def test_the_3x64_peak_location_goes_every_way():
+    base = summary([("3x64", 12866, 2.4, 0.02, True, {"width": 64, "depth": 3})])
+    inside = with_sweep(base, "3x64", 34000, [25000, 31000, 34000, 38000, 45000])
+    assert verdict(Evidence("t", fc=inside), "fcdnn.fig2a") == "agrees"
+    outside = with_sweep(base, "3x64", 20000, [15000, 20000, 25000])
+    assert verdict(Evidence("t", fc=outside), "fcdnn.fig2a") == "differs"
+    straddle = with_sweep(base, "3x64", 30000, [20000, 30000, 40000])
+    assert verdict(Evidence("t", fc=straddle), "fcdnn.fig2a") == \
+        "inconclusive (the N grid straddles the range)"
+    lower = with_sweep(base.assign(converged=None), "3x64", 34000, [31000, 34000, 38000])
+    assert verdict(Evidence("t", fc=lower), "fcdnn.fig2a") == \
+        "inconclusive (convergence not checked)"
+
+
+def lstm32(n_at_max, swept, p=0.9952, p_sd=0.0002):
+    s = summary([("LSTM-32", 8386, 3.7, 0.02, True, {"units": 32})])
+    s = with_sweep(s, "LSTM-32", n_at_max, swept)
+    return s.assign(p_replicates=p, p_replicates_sd=p_sd)
+
+
+def test_the_paper_lstms_peak_and_accuracy_go_every_way():
+    good = lstm32(32768, [30000, 32768, 35000])
+    assert verdict(Evidence("t", rnn=good), "rnn.n_at_max") == "agrees"
+    assert verdict(Evidence("t", rnn=lstm32(20000, [18000, 20000, 22000])),
+                   "rnn.n_at_max") == "differs"
+    assert verdict(Evidence("t", rnn=lstm32(32768, [25000, 32768, 40000])),
+                   "rnn.n_at_max").startswith("inconclusive")
+    assert verdict(Evidence("t", rnn=good), "rnn.p_at_max") == "agrees"
+    assert verdict(Evidence("t", rnn=lstm32(32768, [32768], p=0.98, p_sd=0.001)),
+                   "rnn.p_at_max") == "differs"
+    assert verdict(Evidence("t", rnn=lstm32(32768, [32768], p=0.9952, p_sd=0.002)),
+                   "rnn.p_at_max") == "inconclusive (within noise of the tolerance)"
+
+
+def quant_rows(loss_fc, spread=0.0):
+    """Main quantization rows at full capacity: 4 seeds, float and 6 bits."""
+    rows = []
+    for seed in range(4):
+        lost = loss_fc + spread * (seed - 1.5)
+        for bits, acc in ((None, 0.99), (6, 0.99 - lost)):
+            rows.append({"family": "fc", "model": "1x32", "definition": "N_at_max x 1",
+                         "main": True, "seed": seed, "bits": bits, "accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+def test_the_loss_at_six_bits_goes_every_way():
+    assert verdict(Evidence("t", quant=quant_rows(0.0)), "quant.loss6") == "agrees"
+    assert verdict(Evidence("t", quant=quant_rows(0.03)), "quant.loss6") == "differs"
+    assert verdict(Evidence("t", quant=quant_rows(0.004, 0.004)), "quant.loss6") == \
+        "inconclusive (within noise of the tolerance)"
+
+
+def test_the_cifar_cnn_sizes_are_counted_and_can_differ(monkeypatch):
+    rows = claims.by_key("real.cifar_params").rows(Evidence("t"))
+    assert [r["verdict"] for r in rows] == ["agrees", "agrees"]
+    monkeypatch.setattr(claims, "count_parameters", lambda m: 5)
+    rows = claims.by_key("real.cifar_params").rows(Evidence("t"))
+    assert [r["verdict"] for r in rows] == ["differs", "differs"]
+
+
+def test_width_depth_and_range_reach_inconclusive_too():
+    noisy = fc(2.3, 2.3, sd=0.4)
+    assert verdict(Evidence("t", fc=noisy), "fcdnn.width").startswith("inconclusive")
+    assert verdict(Evidence("t", fc=fc(2.45, 2.45, sd=0.1)), "fcdnn.range") == \
+        "inconclusive (within noise of the tolerance)"
+    deep = summary([("1x16", 306, 2.3, 0.02, True, {"width": 16, "depth": 1}),
+                    ("2x16", 578, 2.3, 0.02, True, {"width": 16, "depth": 2})])
+    # C(2x16) / (2 C(1x16)) = 578 / 612 = 0.94 (+- small): inside 1 +- 10 %
+    assert verdict(Evidence("t", fc=deep), "fcdnn.depth") == "agrees"
+    shallow = deep.assign(capacity_bits=[306 * 2.3, 578 * 1.2])
+    assert verdict(Evidence("t", fc=shallow), "fcdnn.depth") == "differs"
