@@ -97,7 +97,8 @@ def test_capacity_still_growing_with_training_length_is_not_converged():
         (0.5, 1.0)
     assert converged(by_length({0.5: 3490, 1: 3500}))["A"]["converged"] is True
     text = length_findings(by_length({0.5: 3000, 1: 3500, 2: 4000}))
-    assert "had not converged" in text and "+14 %" in text
+    # the change is of the value shown (conv bits per parameter 1.54 -> 1.87, +22 %), not of C
+    assert "had not converged" in text and "changed by +22 %" in text
     assert "no growth is resolved" in length_findings(by_length({0.5: 3490, 1: 3500}))
 
 

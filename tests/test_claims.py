@@ -126,7 +126,7 @@ def test_size_independence_is_judged_by_size_and_can_come_out_differs():
     # the case: 1.14 +- 0.10 straddles the 10 % margin: inconclusive, not agrees
     row = claims.by_key("rnn.size").rows(Evidence("t", rnn=rnn(3.0, 3.42, sd=0.09)))[0]
     assert row["verdict"] == "inconclusive (within noise of the tolerance)", row
-    assert "bits per parameter 1.14 +-" in row["we measured"]
+    assert "bits per parameter 1.14 \u00b1" in row["we measured"]
     # a size effect measured beyond the margin differs even though it is "small"
     assert verdict(Evidence("t", rnn=rnn(3.0, 3.6, sd=0.01)), "rnn.size") == "differs"
 

@@ -169,7 +169,7 @@ def test_real_task_claims_follow_the_numbers_and_the_precondition():
     assert resnet["verdict"] == "inconclusive (stand-in data)"
     assert "not judged (below the precondition): ResNet-8" in resnet["we measured"]
     mnist8 = rows["a 2-layer MNIST FCDNN of width 8 at 4 bits matches float"]
-    assert mnist8["verdict"] == "agrees" and "+0.0 +- 0.0 %" in mnist8["we measured"]
+    assert mnist8["verdict"] == "agrees" and "+0.0 \u00b1 0.0 %" in mnist8["we measured"]
     larger = rows["larger MNIST FCDNNs are more robust"]
     assert larger["verdict"] == "agrees"  # at 2 bits 2x16 loses 1.1 %, 2x8 8.6 %
     # the same ResNet, trained well enough: measured, but on a stand-in for ImageNet

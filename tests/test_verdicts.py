@@ -14,8 +14,8 @@ def test_estimate_of_replicates_and_its_text():
     e = Estimate.of([2.0, 2.2, 2.4])
     assert e.mean == pytest.approx(2.2) and e.n == 3
     assert e.se == pytest.approx(0.2 / 3 ** 0.5)
-    assert e.text() == "2.20 +- 0.23 (3 seeds)"
-    assert Estimate.of([2.2], lower_bound=True).text() == ">= 2.20 (1 seed)"
+    assert e.text() == "2.20 \u00b1 0.23 (2 s.e., 3 seeds)"
+    assert Estimate.of([2.2], lower_bound=True).text() == "\u2265 2.20 (1 seed)"
     assert Estimate.of([]).missing and Estimate.of([]).text() == "not measured"
 
 

@@ -89,16 +89,34 @@ class Estimate:
     def high(self) -> float:
         return self.mean + Z * self.se
 
-    def text(self, fmt: str = ".2f", what: str = "seeds") -> str:
-        """'2.31 +- 0.04 (3 seeds)', the interval of the tests (2 standard errors); '>= 2.31'
-        for a lower bound. ``what`` names the replicates."""
+    @classmethod
+    def from_sd(cls, mean: float, sd: float, n: int, lower_bound: bool = False,
+                caveat: str = "") -> Estimate:
+        """From a mean and the standard deviation of its ``n`` replicates (what the
+        capacity summaries record)."""
+        n = int(n) if n == n else 0
+        se = sd / math.sqrt(n) if n > 1 and sd == sd else float("nan")
+        return cls(float(mean), se, max(n, 1) if mean == mean else 0, lower_bound, caveat)
+
+    def cell(self, fmt: str = ".2f") -> str:
+        """'2.31 ± 0.04': the one way this book prints an estimate, ± two standard errors
+        (the interval the verdicts use); the bare mean where there is no spread. Tables
+        say "± 2 s.e." in their header, sentences through :meth:`text`."""
         if self.missing:
             return "not measured"
         core = f"{self.mean:{fmt}}"
         if self.n > 1 and self.se == self.se:
-            core += f" +- {Z * self.se:{fmt}}"
-        count = f" ({self.n} {what})" if self.n != 1 else f" (1 {what.rstrip('s')})"
-        return (">= " if self.lower_bound else "") + core + count
+            core += f" \u00b1 {Z * self.se:{fmt}}"
+        return ("\u2265 " if self.lower_bound else "") + core
+
+    def text(self, fmt: str = ".2f", what: str = "seeds") -> str:
+        """'2.31 ± 0.04 (2 s.e., 3 seeds)'; '≥ 2.31 ...' for a lower bound. ``what`` names
+        the replicates. The same numbers as :meth:`cell`, labelled."""
+        if self.missing:
+            return "not measured"
+        label = "2 s.e., " if self.n > 1 and self.se == self.se else ""
+        count = f" ({label}{self.n} {what})" if self.n != 1 else f" (1 {what.rstrip('s')})"
+        return self.cell(fmt) + count
 
 
 def mean_of(estimates: Sequence[Estimate]) -> Estimate:

@@ -281,7 +281,9 @@ def _length_estimate(row: pd.Series) -> Estimate:
 
 
 def length_findings(by_length: pd.DataFrame) -> str:
-    """The page's sentences on capacity against training length, written from the data."""
+    """The page's sentences on capacity against training length, written from the data:
+    each length's value (± 2 s.e. over the seeds, as everywhere in the book) and the
+    change of the value shown between the lengths the convergence verdict compares."""
     done = converged(by_length)
     out = []
     for model, g in by_length.groupby("model", sort=False):
@@ -290,14 +292,15 @@ def length_findings(by_length: pd.DataFrame) -> str:
         share = (g.capacity_bits - (2.3 * g.params_fc if conv else 0)) / size
         sd = g.capacity_bits_sd / size
         unit = "conv bits per parameter" if conv else "bits per parameter"
-        points = ", ".join(f"{b:.2f} \u00b1 {s:.2f} after {e:,} epochs" if s == s
-                           else f"{b:.2f} after {e:,} epochs"
-                           for b, s, e in zip(share, sd, g.epochs, strict=True))
-        text = f"Model {model}: {points} ({unit}, mean \u00b1 sd over seeds)."
+        points = ", ".join(f"{Estimate.from_sd(b, s, n).cell()} after {e:,} epochs"
+                           for b, s, n, e in zip(share, sd, g.seeds, g.epochs, strict=True))
+        text = f"Model {model}: {points} ({unit}, \u00b1 2 s.e. over the seeds)."
         if model in done:
             d = done[model]
+            by_factor = dict(zip(g.factor, share, strict=True))
+            change = by_factor[d["to_factor"]] / by_factor[d["from_factor"]] - 1
             span = (f"from {d['from_factor']:g}x to {d['to_factor']:g}x the chapter's epochs "
-                    f"capacity changed by {100 * d['growth']:+.0f} %, ")
+                    f"the {unit} changed by {100 * change:+.0f} %, ")
             text += " " + span[0].upper() + span[1:] + (
                 "within the seeds' spread: no growth is resolved at the chapter's length."
                 if d["converged"] else

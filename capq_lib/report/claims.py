@@ -500,7 +500,7 @@ def _quant_operating_point(ev: Evidence) -> list[Finding]:
     near = ev.fill[(ev.fill.bits_per_param_float - bpp).abs() <= FILL_BAND]
     k = int((near.ranked_bits <= bits).sum())
     needed = ", ".join(f"{int(b)}" for b in sorted(near.ranked_bits)) or "none"
-    return [Finding(f"{k} of {len(near)} fill-sweep FCDNNs storing {bpp} +- {FILL_BAND} bits "
+    return [Finding(f"{k} of {len(near)} fill-sweep FCDNNs storing {bpp} \u00b1 {FILL_BAND} bits "
                     f"per parameter are lossless at {bits} bits (bits they needed: {needed})",
                     v.all_hold(k, len(near)))]
 
@@ -590,7 +590,7 @@ def _loss_at(loss: pd.DataFrame, task: str, model: str, split: str, bits: int) -
 def _pct(e: Estimate) -> str:
     if e.missing:
         return "not measured"
-    spread = f" +- {100 * v.Z * e.se:.1f}" if e.n > 1 and e.se == e.se else ""
+    spread = f" \u00b1 {100 * v.Z * e.se:.1f}" if e.n > 1 and e.se == e.se else ""
     return f"{100 * e.mean:+.1f}{spread} %"
 
 
@@ -823,7 +823,7 @@ def _quant_loss6(ev: Evidence) -> list[Finding]:
             continue
         paper = float(ref[fam])
         tol = max(near(paper), LOSSLESS_POINTS)
-        out.append(Finding(f"{100 * worst[1].mean:.1f} +- {100 * v.Z * worst[1].se:.1f} points "
+        out.append(Finding(f"{100 * worst[1].mean:.1f} \u00b1 {100 * v.Z * worst[1].se:.1f} points "
                            f"({worst[0]}, {worst[1].n} seeds)" if worst[1].n > 1 else
                            f"{100 * worst[1].mean:.1f} points ({worst[0]}, one seed)",
                            v.within(worst[1], paper, tol), FAMILY_NAMES[fam],

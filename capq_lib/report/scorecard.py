@@ -13,6 +13,7 @@ import pandas as pd
 
 from capq_lib.core import reference
 from capq_lib.core.info import conv_bits_per_parameter
+from capq_lib.core.verdicts import Estimate, Z
 from capq_lib.experiments import fill, records, trained_mi
 from capq_lib.experiments.advise import measured
 from capq_lib.experiments.capacity import (
@@ -35,35 +36,52 @@ from capq_lib.report.claims import Evidence
 FC_ASSUMED = reference.value("cnn.fc_bits_per_param_assumed")
 
 
-def _pm(mean: pd.Series, sd: pd.Series, fmt: str) -> list[str]:
-    """'mean +- sd' cells; the sd left out where there is none (fewer than two replicates)."""
-    return [f"{m:{fmt}} \u00b1 {d:{fmt}}" if d == d else f"{m:{fmt}}"
-            for m, d in zip(mean, sd, strict=True)]
+def _pm(mean: pd.Series, sd: pd.Series, n: pd.Series, fmt: str) -> list[str]:
+    """'mean ± 2 s.e.' cells (Estimate.cell, the book's one format); the bare mean where
+    there is no spread (fewer than two replicates)."""
+    return [Estimate.from_sd(m, d, k).cell(fmt) for m, d, k in zip(mean, sd, n, strict=True)]
+
+
+def _status(summary: pd.DataFrame) -> list[str]:
+    """Per model, in a word or two: a maximum, or why only a lower bound."""
+    out = []
+    for _, r in summary.iterrows():
+        lower, why = claims.convergence(r)
+        out.append(("lower bound: " + (why or "peak not bracketed")) if lower else "maximum")
+    return out
+
+
+#: what a capacity table's columns mean, said once in its caption
+SPREAD = "\u00b1 is two standard errors over the replicates"
 
 
 def capacity_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model: where the search's I peaked and whether that peak is bracketed, the search's
-    own maximum, and the capacity reported (the mean of fresh trainings of the winner)."""
+    """Per model: where the search's I peaked, the capacity reported (the mean of fresh
+    trainings of the winner, ± 2 s.e.), the search's own maximum beside it, and whether
+    the capacity is a maximum or only a lower bound (and why)."""
     s = summary
-    t = pd.DataFrame({
+    n = s.replicates
+    return pd.DataFrame({
         "model": s.model, "params": s.params.map("{:,}".format),
-        "N at peak": s.n_at_max.map("{:,}".format), "p at peak": s.p_at_max.map("{:.4f}".format),
-        "search max (bits)": s.capacity_bits_search_max.map("{:,.0f}".format),
-        "capacity (bits)": _pm(s.capacity_bits, s.capacity_bits_sd, ",.0f"),
-        "replicates": s.replicates,
-        "bits/param": _pm(s.bits_per_param, s.bits_per_param_sd, ".2f"),
-        "peak bracketed": np.where(s.bracketed, "yes", "no (lower bound)"),
-        "largest N trained (p)": [f"{n:,} ({p:.3f})" for n, p in
-                                  zip(s.n_grid_max, s.p_at_n_grid_max, strict=True)]})
-    return t
+        "peak at N (p)": [f"{k:,} ({p:.4f})" for k, p in zip(s.n_at_max, s.p_at_max,
+                                                             strict=True)],
+        "capacity, bits": _pm(s.capacity_bits, s.capacity_bits_sd, n, ",.0f"),
+        "bits per param.": _pm(s.bits_per_param, s.bits_per_param_sd, n, ".2f"),
+        "search max, bits": s.capacity_bits_search_max.map("{:,.0f}".format),
+        "status": _status(s)})
 
 
 def fcdnn_table(summary: pd.DataFrame) -> pd.DataFrame:
     """``capacity_table`` and whether each architecture lies in the paper's range."""
     lo, hi = reference.value("fcdnn.bits_per_param_range")
     t = capacity_table(summary)
-    t["in paper's range"] = np.where(summary.bits_per_param.between(lo, hi), "yes", "no")
+    t[f"in {lo}-{hi}"] = np.where(summary.bits_per_param.between(lo, hi), "yes", "no")
     return t
+
+
+def _replicates(summary: pd.DataFrame) -> str:
+    n = sorted(set(int(x) for x in summary.replicates)) if len(summary) else []
+    return f"{'/'.join(map(str, n))} replicates" if n else "no replicates"
 
 
 def fcdnn_styled(summary: pd.DataFrame):
@@ -72,8 +90,8 @@ def fcdnn_styled(summary: pd.DataFrame):
     mean = reference.value("fcdnn.bits_per_param_mean")
     where = reference.source("fcdnn.bits_per_param_range")
     return (fcdnn_table(summary).style.hide(axis="index")
-            .set_caption(f"Capacity per architecture (mean \u00b1 standard deviation over "
-                         f"the replicates). Paper ({where}): {lo}-{hi} bits per parameter, "
+            .set_caption(f"Capacity per architecture, mean of {_replicates(summary)} ("
+                         f"{SPREAD}). Paper ({where}): {lo} to {hi} bits per parameter, "
                          f"mean {mean}."))
 
 
@@ -95,36 +113,52 @@ def search_winners(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def table1(cnn: pd.DataFrame, fc_bits: float | None) -> pd.DataFrame:
-    """Table 1 regenerated: our replicated capacity and conv share beside the paper's.
+def table1(cnn: pd.DataFrame, fc_bits: float | None):
+    """Table 1 regenerated, our half: replicated capacity and conv share (± 2 s.e.).
 
     The conv share subtracts the FC layer's capacity at 2.3 bits per parameter (the
     paper's assumption) and, when ``fc_bits`` is given, at our own FCDNN measurement."""
-    ref = reference.paper()["cnn"]["table1"]["models"]
-    t = pd.DataFrame({"model": cnn.model, "params": cnn.params, "conv params": cnn.params_conv,
-                      "search max (bits)": cnn.capacity_bits_search_max.round().astype(int),
-                      "capacity (bits)": _pm(cnn.capacity_bits, cnn.capacity_bits_sd, ",.0f"),
-                      f"conv bits/param (FC at {FC_ASSUMED:g})": _pm(cnn.conv_bits_per_param,
-                                                         cnn.conv_bits_per_param_sd, ".2f")})
+    n = cnn.replicates
+    t = pd.DataFrame({"model": cnn.model, "params (conv)": [
+        f"{p:,} ({c:,})" for p, c in zip(cnn.params, cnn.params_conv, strict=True)],
+        "capacity, bits": _pm(cnn.capacity_bits, cnn.capacity_bits_sd, n, ",.0f"),
+        f"conv bits/param, FC at {FC_ASSUMED:g}": _pm(cnn.conv_bits_per_param,
+                                                      cnn.conv_bits_per_param_sd, n, ".2f")})
     if fc_bits is not None:
-        t[f"conv bits/param (FC at our {fc_bits:.2f})"] = [
+        t[f"conv bits/param, FC at our {fc_bits:.2f}"] = [
             f"{conv_bits_per_parameter(c, f, v, fc_bits):.2f}"
             for c, f, v in zip(cnn.capacity_bits, cnn.params_fc, cnn.params_conv, strict=True)]
-    t["peak bracketed"] = np.where(cnn.bracketed, "yes", "no")
-    if "converged" in cnn:
-        t["converged in epochs"] = np.where(cnn.converged, "yes", "no (lower bound)")
-    t["paper capacity"] = [ref[m]["capacity_bits"] for m in cnn.model]
-    t["paper conv bits/param"] = [ref[m]["conv_bits_per_param"] for m in cnn.model]
-    t["uses per conv weight"] = [round(conv_reuse(CNNSpec(m))) for m in cnn.model]
-    return t
+    t["search max, bits"] = cnn.capacity_bits_search_max.map("{:,.0f}".format)
+    t["status"] = _status(cnn)
+    return t.style.hide(axis="index").set_caption(
+        f"Table 1 measured again: our CNNs, mean of {_replicates(cnn)} ({SPREAD}).")
 
 
-def rnn_table(rnn: pd.DataFrame) -> pd.DataFrame:
-    """Our LSTMs beside the paper's 32-unit one (Sec. 4.3)."""
+def table1_paper(cnn: pd.DataFrame):
+    """Table 1 regenerated, beside the paper: each model's conv share and capacity next to
+    the paper's same model, and how often each conv weight is used per image."""
+    ref = reference.paper()["cnn"]["table1"]["models"]
+    t = pd.DataFrame({
+        "model": cnn.model,
+        "conv bits/param, ours": _pm(cnn.conv_bits_per_param, cnn.conv_bits_per_param_sd,
+                                     cnn.replicates, ".2f"),
+        "conv bits/param, paper": [f"{ref[m]['conv_bits_per_param']:.2f}" for m in cnn.model],
+        "capacity, ours": cnn.capacity_bits.map("{:,.0f}".format),
+        "capacity, paper": [f"{ref[m]['capacity_bits']:,.0f}" for m in cnn.model],
+        "uses per conv weight": [f"{conv_reuse(CNNSpec(m)):,.0f}" for m in cnn.model]})
+    return t.style.hide(axis="index").set_caption(
+        f"Beside the paper ({reference.source('cnn.table1')}); a lower bound of ours is "
+        f"marked \u2265 in the table above.")
+
+
+def rnn_table(rnn: pd.DataFrame):
+    """Our LSTMs, the paper's 32-unit one in the caption (Sec. 4.3)."""
     t = capacity_table(rnn)
     t.insert(1, "units", rnn.units.astype(int))
-    t["paper bits/param (32 units)"] = reference.value("rnn.bits_per_param")
-    return t
+    return t.style.hide(axis="index").set_caption(
+        f"Our LSTMs, mean of {_replicates(rnn)} ({SPREAD}). Paper "
+        f"({reference.source('rnn.bits_per_param')}): {reference.value('rnn.bits_per_param')} "
+        f"bits per parameter at 32 units.")
 
 
 def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
@@ -258,8 +292,9 @@ def bounds_text(summary: pd.DataFrame) -> str:
         elif not bool(done):
             why.append("a longer training still stored more")
         reps = int(r.get("replicates", 0) or 0)
-        spread = (f"{r.capacity_bits:,.0f} \u00b1 {r.capacity_bits_sd:,.0f} bits over {reps} "
-                  f"replicates" if reps > 1 else f"{r.capacity_bits:,.0f} bits")
+        cap = Estimate.from_sd(r.capacity_bits, r.get("capacity_bits_sd", float("nan")), reps)
+        spread = (f"{cap.cell(',.0f')} bits, 2 s.e. over {reps} replicates" if reps > 1
+                  else f"{r.capacity_bits:,.0f} bits")
         parts.append(f"{r.model} ({spread}; search maximum {r.capacity_bits_search_max:,.0f})"
                      + (": a lower bound, as " + " and ".join(why) if why else
                         ": a bracketed maximum"))
@@ -274,9 +309,8 @@ def consistency_text(table: pd.DataFrame) -> str:
         return "No capacity to check."
     parts, missed = [], []
     for r in table.itertuples():
-        cap = f"{r.capacity_bits_mean:,.0f}" + (f" \u00b1 {r.capacity_bits_2se:,.0f} (2 s.e.)"
-                                               if r.capacity_bits_2se == r.capacity_bits_2se
-                                               else "")
+        cap = Estimate(r.capacity_bits_mean, r.capacity_bits_2se / Z, r.replicates).cell(
+            ",.0f") + (" (2 s.e.)" if r.capacity_bits_2se == r.capacity_bits_2se else "")
         if not r.other_records:
             parts.append(f"{r.model}: {cap} bits; no other record of this profile trains it")
             continue
