@@ -190,3 +190,36 @@ def test_papermill_reads_every_name_of_every_parameters_cell():
         cell = next(c for c in nbformat.read(BOOK_ROOT / nb, as_version=4).cells
                     if "parameters" in c.metadata.get("tags", []))
         assert set(_assigned(cell.source)) == notebook_parameters(BOOK_ROOT / nb), nb
+
+
+def test_every_notebooks_defaults_are_the_quick_profiles_values():
+    """A reader who opens a notebook and runs it gets the published page's study: the
+    parameters cell holds the quick profile's values (the book is built with them)."""
+    from capq_lib.core.paths import BOOK_ROOT
+    from capq_lib.report import profiles
+    from capq_lib.report.runner import notebook_defaults, toc_notebooks
+
+    quick = profiles.load("quick")
+    for nb in toc_notebooks():
+        have = notebook_defaults(BOOK_ROOT / nb)
+        assert have["profile"] == "quick", nb
+        for key, value in quick.chapters.get(nb.stem, {}).items():
+            assert have[key] == value, (nb.stem, key, have[key], value)
+
+
+def test_a_notebook_run_by_hand_labels_its_records_by_what_it_computes(capsys):
+    from capq_lib.core.paths import BOOK_ROOT
+    from capq_lib.report import profiles
+    from capq_lib.report.chapters import resolve_profile
+    from capq_lib.report.runner import notebook_defaults
+
+    ns = notebook_defaults(BOOK_ROOT / "book" / "rnn-capacity.ipynb")
+    resolve_profile(ns, "rnn-capacity")
+    assert ns["profile"] == profiles.load("quick").identity  # the page's own records
+    edited = {**notebook_defaults(BOOK_ROOT / "book" / "rnn-capacity.ipynb"), "epochs": 10}
+    resolve_profile(edited, "rnn-capacity")
+    assert edited["profile"] == "notebook"
+    assert "epochs differ from profile 'quick'" in capsys.readouterr().out
+    other = {"profile": "wide", "epochs": 10}
+    resolve_profile(other, "rnn-capacity")
+    assert other["profile"] == "wide"  # a label of the user's own stays

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import papermill
 from IPython import get_ipython
 
 from capq_lib.core import plain, validate
 from capq_lib.core.devices import resolve_device
+from capq_lib.core.paths import BOOK_ROOT
 from capq_lib.engine.quantize import check_bits
 from capq_lib.engine.surface import SurfaceConfig
 from capq_lib.experiments.channel import MICheck
@@ -30,6 +33,7 @@ from capq_lib.experiments.search import (
 )
 from capq_lib.experiments.storage import check_url
 from capq_lib.experiments.trained_mi import TrainedMICheck
+from capq_lib.report import profiles
 
 Namespace = dict[str, Any]
 #: parameters every chapter takes (the runner sets them)
@@ -117,6 +121,11 @@ CONFIGURE: dict[str, Callable[[Namespace], list[Any]]] = {
 }
 
 
+def notebook_defaults(path: Path) -> Namespace:
+    """Names and default values of the notebook's cell tagged ``parameters``."""
+    return defaults(papermill.inspect_notebook(str(path)))
+
+
 def defaults(parameters: dict[str, dict[str, Any]]) -> Namespace:
     """A notebook's default values from papermill's ``inspect_notebook`` (source text)."""
     out = {}
@@ -195,7 +204,28 @@ def check_parameters(namespace: Namespace, chapter: str | None = None) -> None:
                 f"unknown parameter(s) {', '.join(unknown)}; this notebook's parameters: "
                 f"{', '.join(sorted(known))}")
     if chapter is not None:
+        resolve_profile(namespace, chapter)
         configure(chapter, namespace)
+
+
+def resolve_profile(namespace: Namespace, chapter: str) -> None:
+    """A notebook run by hand says ``profile = "quick"`` (a shipped profile's name, and its
+    defaults are that profile's values): its records then carry the profile's identity
+    ``NAME@DIGEST``, so a reader who runs it gets the page's numbers from the cache. Once a
+    value differs from the profile's, the records are labelled "notebook" instead, so an
+    edited run never mixes with the profile's."""
+    label = namespace.get("profile")
+    if not isinstance(label, str) or "@" in label or label not in profiles.available():
+        return
+    prof = profiles.load(label)
+    expected = {**notebook_defaults(BOOK_ROOT / "book" / f"{chapter}.ipynb"),
+                **prof.chapters.get(chapter, {})}
+    changed = sorted(k for k, v in expected.items()
+                     if k not in COMMON and k in namespace and namespace[k] != v)
+    namespace["profile"] = "notebook" if changed else prof.identity
+    if changed:
+        print(f"capq: {', '.join(changed)} differ from profile {label!r}: this run's records "
+              f"are labelled 'notebook'")
 
 
 #: how papermill's injected cell starts (papermill writes this comment first)

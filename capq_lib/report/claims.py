@@ -380,7 +380,8 @@ def _order(ev: Evidence) -> list[Finding]:
             (("FCDNN", ev.fc), ("CNN", ev.cnn), ("LSTM", ev.rnn)) if not df.empty]
     if len(fams) < 2:
         return []
-    ours = " < ".join(f"{n} {e.text()}" for n, e in fams)
+    ours = "; ".join(f"{n} {e.text()}" for n, e in fams) + " (family means, in the " \
+        "paper's order)"
     return [Finding(ours, v.ordered([e for _, e in fams]))]
 
 

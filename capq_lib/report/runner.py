@@ -32,7 +32,7 @@ from capq_lib.core.paths import BOOK_ROOT, CHECKOUT, PROJECT_ROOT, absolute_envi
 from capq_lib.core.validate import ConfigError
 from capq_lib.experiments import records
 from capq_lib.report import about, profiles
-from capq_lib.report.chapters import CONFIGURE, configure, defaults
+from capq_lib.report.chapters import CONFIGURE, configure, notebook_defaults
 
 #: files and folders of the book that are copied to the stage as they are
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
@@ -97,11 +97,6 @@ def contents(root: Path = BOOK_ROOT) -> str:
         summary = nb.metadata.get("capq", {}).get("summary", "")
         lines.append(f"- [{title}]({nb_path.name})" + (f": {summary}" if summary else ""))
     return "\n".join(lines)
-
-
-def notebook_defaults(path: Path) -> dict[str, object]:
-    """Names and default values of the notebook's cell tagged ``parameters``."""
-    return defaults(papermill.inspect_notebook(str(path)))
 
 
 def notebook_parameters(path: Path) -> set[str]:
@@ -299,8 +294,10 @@ def run_chapter(nb: Path, stage: Path, prof: profiles.Profile, device: str,
     print(f"[capq] executing {nb} (profile {prof.name}, device {device})", flush=True)
     start, started = time.perf_counter(), time.time()
     try:
-        execute(BOOK_ROOT / nb, stage / nb, prof.parameters(chapter, device), prof.timeout_s,
-                threads)
+        # every parameter, the profile's over the notebook's defaults: the page's parameters
+        # cell then lists all that decided what it shows
+        params = {**notebook_defaults(BOOK_ROOT / nb), **prof.parameters(chapter, device)}
+        execute(BOOK_ROOT / nb, stage / nb, params, prof.timeout_s, threads)
         tidy_parameters(stage / nb, prof, stage)
         run = NotebookRun(chapter, "ok", time.perf_counter() - start)
     except Exception as err:  # the notebook keeps its traceback; go on with the others

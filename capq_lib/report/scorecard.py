@@ -8,6 +8,9 @@ the book.
 
 from __future__ import annotations
 
+import html
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -343,3 +346,60 @@ def consistency_all(profile: str | None, cache: ResultsCache | None = None) -> s
                 ". Records made by chapters", 1)[0] + ".")
     return ("**Every capacity against every other record of the same net.** "
             + " ".join(parts)) if parts else "No capacity results yet."
+
+
+#: the scorecard's terms, each linked to its entry in the intro's glossary (``glossary``
+#: directive: Sphinx makes the anchor "term-" + the term, lower-case, words joined by "-")
+GLOSSARY = {
+    "plug-in": "plug-in estimate", "N_at_max/2": "half capacity",
+    "C/2": "half capacity", "N_at_max": "N at the peak", "2 s.e.": "standard error",
+    "s.e.": "standard error", "FC share at 2.3": "conv bits per parameter",
+    "conv share": "conv bits per parameter", "fill sweep": "fill sweep",
+    "fill-sweep": "fill sweep", "C(d) / (d C(1))": "depth ratio", "unigram": "unigram",
+    "stand-in": "stand-in", "lower bound": "lower bound", "bracketed": "bracketed",
+    "not converged": "converged", "convergence not checked": "converged",
+    "fewest lossless bits": "fewest lossless bits", "not measured": "not measured",
+    "precondition": "precondition"}
+
+
+def term_id(term: str) -> str:
+    """The anchor Sphinx gives a glossary term."""
+    return "term-" + "-".join(re.findall(r"[a-z0-9]+", term.lower()))
+
+
+def _linked(text: str) -> str:
+    """``text`` escaped for HTML, each glossary term's first use linked to its entry."""
+    out = html.escape(text)
+    done = set()
+    for word in sorted(GLOSSARY, key=len, reverse=True):
+        esc = html.escape(word)
+        entry = GLOSSARY[word]
+        if entry in done or esc not in out:
+            continue
+        i = out.index(esc)
+        if out.rfind("<a ", 0, i) > out.rfind("</a>", 0, i):  # inside a link already
+            continue
+        out = (out[:i] + f'<a href="#{term_id(entry)}">{esc}</a>' + out[i + len(esc):])
+        done.add(entry)
+    return out
+
+
+def cards(table: pd.DataFrame) -> str:
+    """The scorecard as one card per claim (HTML): verdict and claim first, then the
+    paper's value and source, what we measured and the test, terms linked to the glossary.
+    Cards stack, so the page reads on a phone as on a desktop."""
+    items = []
+    for _, r in table.iterrows():
+        verdict = str(r["verdict"])
+        kind = verdict.split(" (", 1)[0].replace(" ", "-")
+        test = str(r["test"])
+        items.append(
+            f'<div class="capq-card {kind}">'
+            f'<div class="capq-head"><span class="capq-verdict">{_linked(verdict)}</span>: '
+            f'{html.escape(str(r["claim"]))} '
+            f'<span class="capq-chapter">({html.escape(str(r["chapter"]))})</span></div>'
+            f'<dl><dt>paper</dt><dd>{html.escape(str(r["paper says"]))} '
+            f'({html.escape(str(r["source"]))})</dd>'
+            f'<dt>we measured</dt><dd>{_linked(str(r["we measured"]))}</dd>'
+            f'<dt>test</dt><dd>{_linked(test)}</dd></dl></div>')
+    return '<div class="capq-cards">' + "".join(items) + "</div>"
