@@ -194,3 +194,14 @@ def test_numbered_references_the_about_page_and_the_chapter_list(smoke_book):
         assert field in about, field
     assert "openreview.net/forum?id=HylIcj0qFQ" in intro or "openreview.net" in (
         html_dir / "mutual-information.html").read_text()
+
+
+def test_a_figure_cell_shows_its_figure_alone():
+    """myst-nb numbers and captions every output of a cell with figure metadata: a second
+    output (a printed line, a Markdown paragraph) gets the caption too and the label twice,
+    so the text reads "See fig-..." and a paragraph wears a figure caption."""
+    for nb_path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in nbformat.read(nb_path, as_version=4).cells:
+            if cell.cell_type == "code" and "figure" in cell.metadata.get("mystnb", {}):
+                assert not any(w in cell.source for w in ("display(", "print(", "Markdown(")), \
+                    (nb_path.name, cell.source[:80])

@@ -809,3 +809,23 @@ def recipe_lines(rows: pd.DataFrame, study: QuantizationStudy) -> list[str]:
              else "every lr lies inside it")
     return [f"The FCDNNs at full capacity were trained with {' and with '.join(parts)}; the "
             f"paper searched lr {lo} to {hi} ({where})."]
+
+
+def what_was_quantized(rows: pd.DataFrame, study: QuantizationStudy) -> str:
+    """Which nets this page quantized, per family, and which family it left out: the
+    sentence under the chapter's first code cell, written from the records."""
+    names = {"fc": "FCDNNs", "cnn": "CNNs", "rnn": "LSTMs"}
+    parts, left = [], []
+    for fam, name in names.items():
+        mine = rows[rows.family == fam] if len(rows) else rows
+        if len(mine):
+            parts.append(f"{name} {', '.join(dict.fromkeys(mine.model))}")
+        elif not study.models(fam):
+            left.append(name)
+    seeds = rows.seed.nunique() if len(rows) else 0
+    units = rows.key.nunique() if len(rows) else 0
+    text = (f"Quantized here: {'; '.join(parts) or 'nothing'} ({units} units, {seeds} seeds "
+            f"each, {len(rows):,} measurements).")
+    if left:
+        text += f" Not under this profile: {', '.join(left)}."
+    return text

@@ -163,10 +163,15 @@ def regions(curve: pd.DataFrame, near: float = 0.9) -> dict[str, tuple[float, fl
     are over-parameterized, larger N under-parameterized.
     """
     c = curve.sort_values("n_samples")
-    top = c[c["mutual_info"] >= near * c["mutual_info"].max()]["n_samples"]
-    lo, hi = float(top.min()), float(top.max())
-    return {"over-parameterized": (float(c.n_samples.min()), lo), "maximum": (lo, hi),
-            "under-parameterized": (hi, float(c.n_samples.max()))}
+    ns = [float(n) for n in c.n_samples]
+    top = [float(n) for n in c[c["mutual_info"] >= near * c["mutual_info"].max()].n_samples]
+    i, j = ns.index(top[0]), ns.index(top[-1])
+    # each border halfway (geometrically) to the next N outside, so that a maximum held by
+    # one trained N is still a region of its own, between its neighbours
+    lo = float(np.sqrt(ns[i - 1] * ns[i])) if i > 0 else ns[i]
+    hi = float(np.sqrt(ns[j] * ns[j + 1])) if j + 1 < len(ns) else ns[j]
+    return {"over-parameterized": (ns[0], lo), "maximum": (lo, hi),
+            "under-parameterized": (hi, ns[-1])}
 
 
 def capacity_regions(curve: pd.DataFrame, model: str) -> go.Figure:
@@ -238,16 +243,19 @@ def capacity_vs_params(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | 
 
 
 def bits_per_param_by_family(rows: pd.DataFrame) -> go.Figure:
-    """Bits per parameter of every measured architecture, grouped by family (mean and
-    standard deviation over its replicates; open markers are lower bounds), with the paper's
-    value of each family as a bar: is FC < CNN < LSTM?"""
+    """Bits per parameter of every measured architecture, grouped by family (mean ± 2 s.e.
+    over its replicates; open markers are lower bounds), with the paper's
+    value of each family as a bar: is FC < CNN < LSTM? Error bars are 2 s.e."""
     fig = go.Figure()
+    if rows.empty:
+        fig.add_annotation(text="no capacity results yet under this profile", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
     for i, (family, g) in enumerate(rows.groupby("family", sort=False)):
         lower = g["lower_bound"].astype(bool).to_numpy() if "lower_bound" in g else \
             np.zeros(len(g), dtype=bool)
         fig.add_trace(go.Scatter(
             x=[family] * len(g), y=g["bits"], mode="markers", name=family, text=g["model"],
-            error_y=dict(type="data", array=g["sd"].fillna(0)) if "sd" in g else None,
+            error_y=dict(type="data", array=g["spread"].fillna(0)) if "spread" in g else None,
             marker=dict(color=PALETTE[i % len(PALETTE)], size=11,
                         symbol=np.where(lower, "circle-open", "circle")),
             customdata=np.where(lower, " (lower bound)", ""),
@@ -366,7 +374,7 @@ def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
     groups = list(dict.fromkeys(q[group]))
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
                         subplot_titles=("accuracy against bits",
-                                        "at the slider's bit width"))
+                                        "at the slider's width (labels: % of float I kept)"))
     for i, g in enumerate(groups):
         d = q[q[group] == g].sort_values("bits", ascending=False)
         fig.add_trace(go.Scatter(
@@ -386,7 +394,8 @@ def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
         fig.add_trace(go.Bar(
             x=[f"{label} {g}".strip() for g in groups], y=d.accuracy, showlegend=False,
             marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(groups))],
-            text=[f"{k:.0f}% of I" if k == k else "" for k in kept], textposition="outside",
+            text=[f"{k:.0f}%" if k == k else "" for k in kept], textposition="outside",
+            textfont=dict(size=12), cliponaxis=False,
             customdata=np.c_[d.float_accuracy, d.mutual_info],
             hovertemplate=(f"{b} bits: " + "p = %{y:.4f} (float %{customdata[0]:.4f})"
                            "<br>I = %{customdata[1]:.0f} bits<extra></extra>"),
@@ -402,9 +411,29 @@ def quantization_slider(q: pd.DataFrame, group: str, label: str, title: str,
     fig.update_layout(sliders=[dict(active=active, steps=steps, **SLIDER_BELOW,
                                     currentvalue=dict(prefix="bits per weight: "))])
     fig.update_yaxes(title_text="training accuracy p", range=[0.45, 1.05], row=1, col=1)
-    fig.update_yaxes(range=[0.45, 1.1], row=1, col=2)
+    fig.update_yaxes(range=[0.45, 1.12], row=1, col=2)
     fig.update_xaxes(title_text="bits per weight", type="category", row=1, col=1)
+    fig.update_xaxes(tickangle=-30, automargin=True, row=1, col=2)
+    # labels keep a readable size: plotly would otherwise shrink them to fit narrow bars
+    fig.update_layout(uniformtext=dict(minsize=11, mode="show"))
     return _below(_layout(fig, title, height=480))
+
+
+def family_fractions(main: pd.DataFrame, family: str, title: str, why: str) -> go.Figure:
+    """Fig. 4: one model of ``family`` at every fraction of its capacity it was trained at,
+    labelled by samples per parameter; a family this profile did not quantize gets a
+    figure that says so (and why), so every panel the page refers to is there."""
+    d = main[main.family == family]
+    if d.empty:
+        fig = go.Figure()
+        fig.add_annotation(text=f"not measured under this profile: {why}", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return _layout(fig, title, height=220)
+    d = d[d.model == d.model.iloc[0]].assign(ratio=lambda t: t.data_per_param.round(2))
+    return quantization_slider(d, "ratio", "N/P =",
+                               f"{title} {d.model.iloc[0]}: accuracy against bits per N/P")
 
 
 def lossless_bits_by_ratio(table: pd.DataFrame, paper: dict[str, int]) -> go.Figure:

@@ -166,8 +166,9 @@ def rnn_table(rnn: pd.DataFrame):
 
 def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
              fc_cnn_recipe: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Bits per parameter per measured model and family (conv share for CNNs), with the
-    replicates' standard deviation and whether the value is a lower bound."""
+    """Bits per parameter per measured model and family (conv share for CNNs), with its
+    spread (2 s.e. over the replicates, as every ± in the book) and whether the value is
+    a lower bound."""
     parts = []
     for name, df, col, ref in (
             ("FCDNN", fc, "bits_per_param", reference.value("fcdnn.bits_per_param_mean")),
@@ -176,14 +177,14 @@ def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
             ("CNN", cnn, "conv_bits_per_param", reference.value("cnn.conv_bits_per_param_mean")),
             ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param"))):
         if df is not None and not df.empty:
-            lower = ~df.bracketed.astype(bool)
-            if "converged" in df:
-                lower |= ~df.converged.astype(bool)
+            lower = [claims.convergence(r)[0] for _, r in df.iterrows()]
+            spread = [Z * Estimate.from_sd(m, d, n).se if n > 1 else 0.0 for m, d, n in
+                      zip(df[col], df[f"{col}_sd"], df.replicates, strict=True)]
             parts.append(pd.DataFrame({"family": name, "model": df.model, "bits": df[col],
-                                       "sd": df[f"{col}_sd"], "lower_bound": lower,
+                                       "spread": spread, "lower_bound": lower,
                                        "paper": ref}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["family", "model", "bits", "sd", "lower_bound", "paper"])
+        columns=["family", "model", "bits", "spread", "lower_bound", "paper"])
 
 
 FAMILY_NAMES = {"fc": "FCDNN", "cnn": "CNN", "rnn": "LSTM"}
