@@ -205,3 +205,14 @@ def test_a_figure_cell_shows_its_figure_alone():
             if cell.cell_type == "code" and "figure" in cell.metadata.get("mystnb", {}):
                 assert not any(w in cell.source for w in ("display(", "print(", "Markdown(")), \
                     (nb_path.name, cell.source[:80])
+
+
+def test_every_chapter_ends_with_what_matches_and_what_does_not():
+    for nb_path in sorted((ROOT / "book").glob("*.ipynb")):
+        if nb_path.stem == "intro":
+            continue
+        cells = nbformat.read(nb_path, as_version=4).cells
+        headings = [line for c in cells if c.cell_type == "markdown"
+                    for line in c.source.splitlines() if line.startswith("## ")]
+        assert headings[-1] == "## What matches and what does not", nb_path.name
+        assert any("claims.on_page(" in c.source for c in cells), nb_path.name

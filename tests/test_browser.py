@@ -62,11 +62,13 @@ def visit(browser, url):
     return page, requests
 
 
-def slide_to_end(page, fig):
-    """Click the far end of a figure's slider, as a reader would (on screen, then wait)."""
+def slide_to_end(page, fig, start: bool = False):
+    """Click the far end (or, ``start``, the near end) of a figure's slider, as a reader
+    would (on screen, then wait)."""
     fig.scroll_into_view_if_needed()
     box = fig.locator(".slider-rail-touch-rect").bounding_box()
-    page.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+    x = box["x"] + 3 if start else box["x"] + box["width"] - 3
+    page.mouse.click(x, box["y"] + box["height"] / 2)
     page.wait_for_timeout(300)
 
 
@@ -133,17 +135,20 @@ def test_quantization_bit_width_slider_changes_the_plotted_data(browser, site):
     page.close()
 
 
-def test_loss_surface_slider_switches_precision(browser, site):
+def test_loss_surface_slider_switches_precision_beside_the_float_curves(browser, site):
     page, requests = visit(browser, f"{site}/book/loss-surfaces.html")
     page.wait_for_selector(".plotly-graph-div .slider-rail-rect", timeout=20000)
     fig = page.locator(".plotly-graph-div").filter(has=page.locator(".slider-rail-rect")).first
     shown = ("el => el._fullData.filter(t => t.visible === true)"
-             ".map(t => [t.index, Array.from(t.y)])")
+             ".map(t => [t.name, Array.from(t.y)])")
     before = fig.evaluate(shown)
-    slide_to_end(page, fig)
+    slide_to_end(page, fig, start=True)
     after = fig.evaluate(shown)
-    assert len(after) == len(before) >= 2  # every (net, split) curve, at another precision
-    assert {i for i, _ in after}.isdisjoint({i for i, _ in before})
-    assert [y for _, y in after] != [y for _, y in before]
+    floats = {n for n, _ in before if n.endswith(", float")}
+    assert floats and floats == {n for n, _ in after if n.endswith(", float")}  # stay shown
+    widths_before = {n.rsplit(", ", 1)[1] for n, _ in before} - {"float"}
+    widths_after = {n.rsplit(", ", 1)[1] for n, _ in after} - {"float"}
+    assert len(widths_before) == len(widths_after) == 1 and widths_before != widths_after
+    assert len(after) == len(before) >= 4  # each (net, split) at float and at a width
     assert outside(requests) == []
     page.close()

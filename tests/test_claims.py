@@ -363,3 +363,36 @@ def test_width_depth_and_range_reach_inconclusive_too():
     assert verdict(Evidence("t", fc=deep), "fcdnn.depth") == "agrees"
     shallow = deep.assign(capacity_bits=[306 * 2.3, 578 * 1.2])
     assert verdict(Evidence("t", fc=shallow), "fcdnn.depth") == "differs"
+
+
+def surfaces(train_rise=0.3, test_rise=0.1, float_rise=0.3, coarse_rise=0.1, std=0.02,
+             data="Trained on the PTB training split"):
+    """Loss-surface points of one LM at float and 2 bits: a parabola per curve whose rise at
+    |alpha| = 0.5 is given, over 4 directions."""
+    rows = []
+    for width, base in (("float", float_rise), ("2 bits", coarse_rise)):
+        for split in ("train", "test"):
+            rise = base * ((train_rise if split == "train" else test_rise) / train_rise)
+            for alpha in (-1.0, -0.5, 0.0, 0.5, 1.0):
+                rows.append({"task": "lm", "model": "2x32 LSTM", "width": width,
+                             "split": split, "alpha": alpha, "loss": 5 + rise * 4 * alpha ** 2,
+                             "loss_std": std, "directions": 4, "data": data})
+    return pd.DataFrame(rows)
+
+
+def test_loss_surface_claims_go_every_way():
+    ev = Evidence("t", surfaces=surfaces())
+    assert verdict(ev, "surf.test_less") == "agrees"
+    assert verdict(ev, "surf.quantized_wider") == "agrees"
+    flipped = Evidence("t", surfaces=surfaces(train_rise=0.1, test_rise=0.3, float_rise=0.1,
+                                              coarse_rise=0.3))
+    assert verdict(flipped, "surf.test_less") == "differs"
+    assert verdict(flipped, "surf.quantized_wider") == "differs"
+    noisy = Evidence("t", surfaces=surfaces(train_rise=0.31, test_rise=0.3, std=0.2))
+    assert verdict(noisy, "surf.test_less") == "inconclusive (difference within noise)"
+    stand = Evidence("t", surfaces=surfaces(data="Trained on the PTB validation split (the "
+                                                 "training split is not available here)"))
+    assert verdict(stand, "surf.test_less") == "inconclusive (stand-in data)"
+    rows = claims.by_key("surf.test_less").rows(Evidence("t", surfaces=surfaces()))
+    cifar = next(r for r in rows if "CIFAR CNNs" in r["claim"])
+    assert cifar["verdict"].startswith("not measured")

@@ -955,7 +955,22 @@ def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequ
 
             rec, _ = cache.compute(SURFACE_EXPERIMENT, cfg, compute, describe(dev),
                                    label=profile)
-            parts.append(pd.DataFrame(rec["result"]["rows"]))
+            # how many directions each mean is over, and what the net trained on (a
+            # stand-in or the real data), for the claims judged from the curves
+            parts.append(pd.DataFrame(rec["result"]["rows"]).assign(
+                directions=config.directions, data=r.data))
             bar.update(1)
     bar.close()
     return pd.concat(parts, ignore_index=True)
+
+
+def cached_surfaces(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
+    """Every loss-surface point under ``profile`` from the cache (for readers such as the
+    scorecard that must not compute), with the number of directions each mean is over and
+    the data its net trained on."""
+    cache = cache or ResultsCache()
+    nets = {r["key"]: r["config"]["data"] for r in records.of_profile(EXPERIMENT, None, cache)}
+    parts = [pd.DataFrame(r["result"]["rows"]).assign(
+        directions=r["config"]["surface"]["directions"], data=nets.get(r["config"]["net"], ""))
+        for r in records.of_profile(SURFACE_EXPERIMENT, profile, cache)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -65,6 +65,8 @@ class Evidence:
     fill: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: real-task rows: one per net, width and split
     real: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: loss-surface points: one per net, width, split and alpha (means over directions)
+    surfaces: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -843,6 +845,85 @@ def _real_cifar_params(ev: Evidence) -> list[Finding]:
     return out
 
 
+# --- Loss surfaces -------------------------------------------------------------------------
+
+def surface_rise(surf: pd.DataFrame, within: float) -> pd.DataFrame:
+    """Per net, width and split: how far the mean loss over the directions rises above its
+    value at alpha = 0 within |alpha| <= ``within`` (the largest rise there), with the
+    standard error of that rise (the directions' spread at that alpha)."""
+    keys = ["task", "model", "width", "split"]
+    near = surf[surf.alpha.abs() <= within + 1e-9]
+    out = []
+    for key, g in near.groupby(keys, sort=False):
+        zero = g[g.alpha == 0]
+        if zero.empty:
+            continue
+        top = g.loc[(g.loss - float(zero.loss.iloc[0])).idxmax()]
+        n = int(g.directions.iloc[0]) if "directions" in g else 1
+        se = float(top.loss_std) / math.sqrt(n) if n > 1 else float("nan")
+        out.append({**dict(zip(keys, key, strict=True)), "n": n,
+                    "rise": float(top.loss - zero.loss.iloc[0]), "se": se,
+                    "data": g.data.iloc[0] if "data" in g else ""})
+    return pd.DataFrame(out)
+
+
+#: the rise compared is the largest within this |alpha| of the trained weights
+SURFACE_WITHIN = 0.5
+SURFACE_TASKS = {"cifar": "CIFAR CNNs", "lm": "word-level LMs"}
+
+
+def _difference(a: pd.Series, b: pd.Series) -> Estimate:
+    n = int(min(a.n, b.n))
+    return Estimate(a.rise - b.rise, math.sqrt(a.se ** 2 + b.se ** 2), n)
+
+
+def _surface_findings(ev: Evidence, pairs: Callable[[pd.DataFrame], list], what: str
+                      ) -> list[Finding]:
+    if ev.surfaces.empty:
+        return []
+    rise = surface_rise(ev.surfaces, SURFACE_WITHIN)
+    out = []
+    for task, g in rise.groupby("task", sort=False):
+        found = pairs(g)
+        if not found:
+            continue
+        ests = [(label, e) for label, e in found]
+        ours = (f"{what} within |alpha| <= {SURFACE_WITHIN:g}: " + ", ".join(
+            f"{label} {e.cell('.3f')}" for label, e in ests)
+            + f" (loss, ± 2 s.e. over {ests[0][1].n} directions)")
+        subject = SURFACE_TASKS.get(task, task)
+        if on_stand_in(g.data.iloc[0]):
+            out.append(Finding(f"on stand-in data: {ours}", v.inconclusive("stand-in data"),
+                               subject))
+        else:
+            out.append(Finding(ours, _all([v.positive(e) for _, e in ests]), subject))
+    return out
+
+
+def _surf_test_less(ev: Evidence) -> list[Finding]:
+    def pairs(g: pd.DataFrame) -> list:
+        out = []
+        for (model, width), h in g.groupby(["model", "width"], sort=False):
+            s = h.set_index("split")
+            if {"train", "test"} <= set(s.index):
+                out.append((f"{model} {width}", _difference(s.loc["train"], s.loc["test"])))
+        return out
+    return _surface_findings(ev, pairs, "training-set rise minus test-set rise")
+
+
+def _surf_quantized_wider(ev: Evidence) -> list[Finding]:
+    def pairs(g: pd.DataFrame) -> list:
+        out = []
+        widths = [w for w in g.width.unique() if w != "float"]
+        coarse = min(widths, key=lambda w: int(str(w).split()[0])) if widths else None
+        for (model, split), h in g.groupby(["model", "split"], sort=False):
+            s = h.set_index("width")
+            if coarse and {"float", coarse} <= set(s.index):
+                out.append((f"{model} {split}", _difference(s.loc["float"], s.loc[coarse])))
+        return out
+    return _surface_findings(ev, pairs, "float rise minus the narrowest width's rise")
+
+
 CLAIMS: list[Claim] = [
     Claim("mi.eq1", "Mutual information",
           "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
@@ -987,6 +1068,22 @@ CLAIMS: list[Claim] = [
           subjects=lambda: {"ResNets": "6 bits", "word-level LMs": "6 bits"},
           unmeasured={"ResNets": "no ResNets under this profile (the paper's are ImageNet's, "
                       "which no profile here trains on)"}),
+    Claim("surf.test_less", "Loss surfaces", "along random directions the test loss of "
+          "{subject} rises less than the training loss", "loss_surfaces.test_degrades_less",
+          "per net and width, the largest rise of the mean loss over filter-normalized "
+          f"random directions within |alpha| <= {SURFACE_WITHIN:g}, training minus test set",
+          "every difference's interval above 0 (agrees); one below 0 (differs); on stand-in "
+          "data inconclusive", _surf_test_less,
+          subjects=lambda: {"CIFAR CNNs": None, "word-level LMs": None},
+          unmeasured="no loss surfaces of this family under this profile"),
+    Claim("surf.quantized_wider", "Loss surfaces", "the narrowest width's loss surface of "
+          "{subject} is wider than the float one's", "loss_surfaces.quantized_basin_wider",
+          f"per net and split, the largest rise within |alpha| <= {SURFACE_WITHIN:g} of the "
+          "float net minus that of the same net at the narrowest width measured",
+          "every difference's interval above 0 (agrees); one below 0 (differs); on stand-in "
+          "data inconclusive", _surf_quantized_wider,
+          subjects=lambda: {"CIFAR CNNs": None, "word-level LMs": None},
+          unmeasured="no loss surfaces of this family under this profile"),
     Claim("real.cifar_params", "Real tasks", "the {subject} has this many parameters",
           "real_tasks.cifar10_params", "parameters of our CIFAR CNN definitions, counted "
           "(every tensor)", "equal to the paper's count (agrees) or not (differs)",

@@ -567,25 +567,31 @@ def metric_vs_bits(rows: pd.DataFrame, metric: str, title: str,
 
 
 def surface_slider(surf: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """f(alpha) per net and data split, one slider step per precision (float, 8, 6, ...):
-    the precomputed curves of each step are shown, the others hidden."""
+    """f(alpha) per net and data split, one slider step per precision (8, 6, ... bits): the
+    chosen precision's curves drawn over the float ones, which stay on every step (pale), so
+    the two can be compared; the slider starts at the narrowest width."""
     widths = list(dict.fromkeys(surf.width))
+    quantized = [w for w in widths if w != "float"]
     fig = go.Figure()
     owner = []
-    for w in widths:
+    for w in ["float", *quantized] if "float" in widths else quantized:
+        is_float = w == "float"
         for i, ((model, split), g) in enumerate(surf[surf.width == w].groupby(
                 ["model", "split"], sort=False)):
             fig.add_trace(go.Scatter(
-                x=g.alpha, y=g[metric], mode="lines", name=f"{model}, {split}",
-                visible=w == widths[0],
+                x=g.alpha, y=g[metric], mode="lines", name=f"{model}, {split}, {w}",
+                visible=is_float or (bool(quantized) and w == quantized[-1]),
+                opacity=0.35 if is_float else 1.0,
                 line=dict(color=PALETTE[(i // 2) % len(PALETTE)],
+                          width=1.5 if is_float else 2.5,
                           dash="solid" if split == "test" else "dash"),
                 hovertemplate=f"{model} {split}, {w}: " + "alpha %{x:.2f}, %{y:.4g}"
                               "<extra></extra>"))
             owner.append(w)
-    steps = [dict(method="update", label=str(w), args=[{"visible": [o == w for o in owner]}])
-             for w in widths]
-    fig.update_layout(sliders=[dict(active=0, steps=steps, **SLIDER_BELOW,
-                                    currentvalue=dict(prefix="weights: "))])
+    steps = [dict(method="update", label=str(w),
+                  args=[{"visible": [o in ("float", w) for o in owner]}]) for w in quantized]
+    if steps:
+        fig.update_layout(sliders=[dict(active=len(steps) - 1, steps=steps, **SLIDER_BELOW,
+                                        currentvalue=dict(prefix="float (pale) and "))])
     return _below(_layout(fig, title, height=470, xaxis=dict(title="alpha (step along d)"),
                           yaxis=dict(title=metric)))

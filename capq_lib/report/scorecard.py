@@ -29,6 +29,7 @@ from capq_lib.experiments.capacity import (
 from capq_lib.experiments.consistency import consistency
 from capq_lib.experiments.precision import EXPERIMENT as QUANTIZATION
 from capq_lib.experiments.precision import main_rows
+from capq_lib.experiments.realtasks import cached_surfaces
 from capq_lib.experiments.records import summaries
 from capq_lib.experiments.results import ResultsCache
 from capq_lib.nets.models import CNNSpec, conv_reuse
@@ -256,7 +257,8 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
                     lossless=measured(profile, cache, per_seed=True), quant=quant,
-                    fill=fill.cached_nets(profile, cache), real=real)
+                    fill=fill.cached_nets(profile, cache), real=real,
+                    surfaces=cached_surfaces(profile, cache))
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
