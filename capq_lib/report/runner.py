@@ -338,6 +338,31 @@ def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
     return done
 
 
+def finish_site(html: Path) -> None:
+    """Two repairs of Jupyter Book 1's output. Its thebe extension writes the same inline
+    ``const THEBE_JS_URL ...`` script twice into every page, and the second raises a
+    console error ("has already been declared"): the repeat goes. And the footer's link to
+    "About this build" is relative, right for the chapters (in book/) but not for pages at
+    the site's root (search, index of terms): a page there forwards to the real one."""
+    for page in html.rglob("*.html"):
+        text = page.read_text()
+        lines, seen, keep = text.split("\n"), set(), []
+        for line in lines:
+            key = line.strip()
+            if key.startswith("<script>const ") and key in seen:
+                continue
+            seen.add(key)
+            keep.append(line)
+        if len(keep) != len(lines):
+            page.write_text("\n".join(keep))
+    target = Path(about.PAGE + ".html")
+    if (html / target).is_file() and not (html / target.name).exists():
+        (html / target.name).write_text(
+            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>About this build</title>'
+            f'<meta http-equiv="refresh" content="0; url={target.as_posix()}"></head><body>'
+            f'<p><a href="{target.as_posix()}">About this build</a></p></body></html>\n')
+
+
 def output_folder(output: Path | str | None) -> Path:
     """Where ``_build/`` goes (absolute); a file, or a place this user cannot write, is
     refused before anything runs (nothing is made yet)."""
@@ -412,6 +437,7 @@ def build(profile: str = "quick", device: str = "auto", only: list[str] | None =
                "--path-output", str(out), "--builder", "html"]
         print(f"[capq] building the HTML book: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
+        finish_site(out / "_build" / "html")
         report.book_seconds = time.perf_counter() - start
     (out / "_build").mkdir(parents=True, exist_ok=True)
     (out / "_build" / "build-report.json").write_text(json.dumps(asdict(report), indent=1))
