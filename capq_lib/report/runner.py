@@ -338,10 +338,18 @@ def run_parallel(todo: list[Path], needs: dict[str, set[str]], stage: Path,
     return done
 
 
+#: the theme's mode script with no default (Jupyter Book 1 sets none): "" is not a mode
+THEME_MODE = (('localStorage.getItem("mode") || ""', 'localStorage.getItem("mode") || "light"'),
+              ('localStorage.getItem("theme") || ""', 'localStorage.getItem("theme") || "light"'),
+              ('data-default-mode=""', 'data-default-mode="light"'))
+
+
 def finish_site(html: Path) -> None:
-    """Two repairs of Jupyter Book 1's output. Its thebe extension writes the same inline
+    """Repairs of Jupyter Book 1's output. Its thebe extension writes the same inline
     ``const THEBE_JS_URL ...`` script twice into every page, and the second raises a
-    console error ("has already been declared"): the repeat goes. And the footer's link to
+    console error ("has already been declared"): the repeat goes. The theme's mode script
+    gets a default ("light"; without one it logs "Got invalid theme mode" on every page).
+    And the footer's link to
     "About this build" is relative, right for the chapters (in book/) but not for pages at
     the site's root (search, index of terms): a page there forwards to the real one."""
     for page in html.rglob("*.html"):
@@ -353,14 +361,18 @@ def finish_site(html: Path) -> None:
                 continue
             seen.add(key)
             keep.append(line)
-        if len(keep) != len(lines):
-            page.write_text("\n".join(keep))
+        fixed = "\n".join(keep)
+        for empty, light in THEME_MODE:  # no default mode: the theme logs an error
+            fixed = fixed.replace(empty, light)
+        if fixed != text:
+            page.write_text(fixed)
     target = Path(about.PAGE + ".html")
     if (html / target).is_file() and not (html / target.name).exists():
+        url = target.as_posix()
         (html / target.name).write_text(
-            f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>About this build</title>'
-            f'<meta http-equiv="refresh" content="0; url={target.as_posix()}"></head><body>'
-            f'<p><a href="{target.as_posix()}">About this build</a></p></body></html>\n')
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="_static/favicon.svg">'
+            f'<title>About this build</title><meta http-equiv="refresh" content="0; url={url}">'
+            f'</head><body><p><a href="{url}">About this build</a></p></body></html>\n')
 
 
 def output_folder(output: Path | str | None) -> Path:
