@@ -800,8 +800,11 @@ def recipe_lines(rows: pd.DataFrame, study: QuantizationStudy) -> list[str]:
         if len(g):
             r = study.recipe("fc", name)
             lrs = ", ".join(f"{v:g}" for v in sorted(set(g.lr)))
-            parts.append(f"{label} ({r.optimizer.upper()}, {r.schedule} decay, lr {lrs}, "
-                         f"{r.epochs} epochs)")
+            why = (f"as recorded: the capacity chapter's winning rate, or a third of it for a "
+                   f"net that stalled; the recipe's own lr {r.lr:g} applies only without one"
+                   if sorted(set(g.lr)) != [r.lr] else "the recipe's")
+            parts.append(f"{label} ({r.optimizer.upper()}, {r.schedule} decay, lr {lrs} "
+                         f"({why}), {r.epochs} epochs)")
     if not parts:
         return []
     outside = sorted({float(v) for v in fc.lr if not lo <= v <= hi})

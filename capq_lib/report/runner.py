@@ -370,7 +370,8 @@ def finish_site(html: Path) -> None:
     if (html / target).is_file() and not (html / target.name).exists():
         url = target.as_posix()
         (html / target.name).write_text(
-            '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="_static/favicon.svg">'
+            '<!DOCTYPE html><html><head><meta charset="utf-8">'
+            '<link rel="icon" href="_static/favicon.svg">'
             f'<title>About this build</title><meta http-equiv="refresh" content="0; url={url}">'
             f'</head><body><p><a href="{url}">About this build</a></p></body></html>\n')
 
