@@ -244,3 +244,12 @@ def test_quality_and_reading_notes_say_what_the_rows_show():
                "accuracy"] = 0.99
     note = realtasks.reading_notes(better)[-1]
     assert "1 net/split pair(s)" in note and "2x8 (train, at 8 bits)" in note
+
+
+def test_the_quality_table_is_compact_and_says_units():
+    rows = synthetic_rows().assign(train_items=100, unit="images", epochs=2)
+    t = realtasks.quality_table(rows)
+    assert list(t.columns) == ["model", "params", "trained on", "float, train", "float, test",
+                               "unigram (test / it)"]
+    assert t["trained on"].iloc[0] == "100 images \u00d7 2 epochs"
+    assert t["float, test"].iloc[0] == "0.9300"

@@ -974,3 +974,22 @@ def cached_surfaces(profile: str | None, cache: ResultsCache | None = None) -> p
         directions=r["config"]["surface"]["directions"], data=nets.get(r["config"]["net"], ""))
         for r in records.of_profile(SURFACE_EXPERIMENT, profile, cache)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def quality_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """``quality`` for the page, in few columns: what each net trained on and for how long
+    in one, the float performance on each split, and for LMs the unigram bar beside it."""
+    q = quality(rows)
+    fmt = {"accuracy": "{:.4f}", "perplexity": "{:.1f}"}
+    return pd.DataFrame({
+        "model": [f"{m} ({t})" for m, t in zip(q.model, q.task, strict=True)],
+        "params": q.params.map("{:,}".format),
+        "trained on": [f"{on} \u00d7 {e:g} epochs" for on, e in
+                       zip(q["trained on"], q.epochs, strict=True)],
+        "float, train": [fmt[m].format(v) for m, v in zip(q.metric, q["float train"],
+                                                          strict=True)],
+        "float, test": [fmt[m].format(v) for m, v in zip(q.metric, q["float test"],
+                                                         strict=True)],
+        "unigram (test / it)": [f"{u:.0f} ({r:.2f})" if u == u and u is not None else ""
+                                for u, r in zip(q["unigram perplexity"], q["test / unigram"],
+                                                strict=True)]})

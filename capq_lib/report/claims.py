@@ -935,17 +935,17 @@ CLAIMS: list[Claim] = [
           "fcdnn.bits_per_param_mean",
           "replicated capacity (mean of fresh trainings at the search's bracketed peak) over "
           "parameters, averaged over our architectures",
-          "mean +- 2 s.e. inside 2.3 +- 10 % (agrees) or wholly outside (differs)", _fc_mean),
+          "mean ± 2 s.e. inside 2.3 ± 10 % (agrees) or wholly outside (differs)", _fc_mean),
     Claim("fcdnn.range", "FCDNN capacity", "every architecture stores 1.7 to 2.5 bits per "
           "parameter", "fcdnn.bits_per_param_range", "replicated bits per parameter of "
           "each architecture", "each inside 1.7 to 2.5, as the paper states it",
           _fc_range),
     Claim("fcdnn.width", "FCDNN capacity", "doubling the width multiplies what is memorized "
           "by", "fcdnn.width_doubling_n_factor", "ratio of replicated capacities of "
-          "architectures of equal depth whose widths differ by 2x", "within 4 +- 10 %", _fc_width),
+          "architectures of equal depth whose widths differ by 2x", "within 4 ± 10 %", _fc_width),
     Claim("fcdnn.depth", "FCDNN capacity", "depth d memorizes d times what depth 1 does",
           "fcdnn.depth_n_factor", "replicated capacity of depth d over d times that of "
-          "depth 1, same width", "within 1 +- 10 %", _fc_depth),
+          "depth 1, same width", "within 1 ± 10 %", _fc_depth),
     Claim("fcdnn.fig2a", "FCDNN capacity", "a 3x64 FCDNN's information peaks at N between "
           "30,000 and 40,000", "fcdnn.fig2a_n_at_max_range", "the N of the search's peak of "
           "I, located between the trained N on either side of it",
@@ -954,7 +954,7 @@ CLAIMS: list[Claim] = [
           "architectures (the paper profile trains it, hours on a GPU)"),
     Claim("cnn.model", "CNN capacity", "conv bits per parameter (FC share at 2.3)",
           "cnn.table1", "replicated capacity minus 2.3 bits per FC parameter, over conv "
-          "parameters", "within the paper's value of the same model +- 10 %",
+          "parameters", "within the paper's value of the same model ± 10 %",
           _cnn_models, subjects=lambda: {
               f"model {m}": f"{t['conv_bits_per_param']} (model {m})"
               for m, t in reference.paper()["cnn"]["table1"]["models"].items()},
@@ -962,7 +962,7 @@ CLAIMS: list[Claim] = [
           "Table-1 models, hours on a GPU)"),
     Claim("cnn.mean", "CNN capacity", "conv bits per parameter, mean over models",
           "cnn.conv_bits_per_param_mean", "mean of the models' replicated conv shares",
-          "within the paper's mean over the same models +- 10 %", _cnn_mean),
+          "within the paper's mean over the same models ± 10 %", _cnn_mean),
     Claim("cnn.vs_fc", "CNN capacity", "a conv parameter stores more than an FC parameter",
           "families.conv_above_fc", "conv share of our CNNs against our FCDNNs' bits "
           "per parameter, each trained with its own chapter's recipe",
@@ -974,23 +974,23 @@ CLAIMS: list[Claim] = [
           "rate, batches and epochs", "CNN - FCDNN > 2 s.e. (agrees) or < -2 s.e. (differs)",
           lambda ev: _cnn_vs_fc(ev, ev.fc_cnn_recipe, "CNN recipe")),
     Claim("rnn.bpp", "RNN capacity", "bits per parameter of the LSTM", "rnn.bits_per_param",
-          "replicated capacity over parameters of our largest LSTM", "within 3.7 +- 10 %",
+          "replicated capacity over parameters of our largest LSTM", "within 3.7 ± 10 %",
           _rnn_bpp),
     Claim("rnn.n_at_max", "RNN capacity", "the 32-unit LSTM's information peaks at "
           "N = 32K", "rnn.n_at_max", "the N of the search's peak of I for our 32-unit LSTM, "
-          "between the trained N on either side of it", "that interval inside 32,768 +- 10 % "
+          "between the trained N on either side of it", "that interval inside 32,768 ± 10 % "
           "(agrees) or outside it (differs)", _rnn_n_at_max,
           unmeasured="the paper's 32-unit LSTM is not among this profile's sizes (the paper "
           "profile trains it)"),
     Claim("rnn.p_at_max", "RNN capacity", "the 32-unit LSTM's accuracy at its peak",
           "rnn.p_at_max", "the replicates' error rate 1 - p at the peak of our 32-unit LSTM",
-          "within the paper's error rate 0.0048 +- 10 %", _rnn_p_at_max,
+          "within the paper's error rate 0.0048 ± 10 %", _rnn_p_at_max,
           unmeasured="the paper's 32-unit LSTM is not among this profile's sizes (the paper "
           "profile trains it)"),
     Claim("rnn.size", "RNN capacity", "bits per parameter does not depend on the LSTM's "
           "size", "rnn.size_independent", "replicated bits per parameter of our largest "
           "LSTM (by parameters) over that of our smallest", "ratio's interval inside the "
-          "equivalence margin 1 +- 10 % (agrees) or wholly outside it (differs)", _rnn_size),
+          "equivalence margin 1 ± 10 % (agrees) or wholly outside it (differs)", _rnn_size),
     Claim("families.order", "All families", "bits per parameter grows FC < CNN < LSTM",
           "families.order", "family means of replicated bits per parameter (conv share for "
           "CNNs)", "each step up > 2 s.e. (agrees); a step down by > 2 s.e. (differs)",
@@ -1000,7 +1000,7 @@ CLAIMS: list[Claim] = [
           "per seed, the fewest bits at which its accuracy stays within the chapter's "
           "tolerance of float at that width and every wider one (progressive quantization "
           "with retraining, N = N_at_max); the model of the family that needed the most",
-          "the seeds' mean +- 2 s.e. within the paper's width +- 0.5 bit (agrees) or wholly "
+          "the seeds' mean ± 2 s.e. within the paper's width ± 0.5 bit (agrees) or wholly "
           "outside it (differs)", _quant_full,
           subjects=lambda: {FAMILY_NAMES[f]: f"{b} bits" for f, b in reference.value(
               "quantization.lossless_bits_full_capacity").items()},
@@ -1011,7 +1011,7 @@ CLAIMS: list[Claim] = [
           "quantization.loss_at_6_bits_full_capacity", "per seed, float accuracy minus "
           "accuracy at 6 bits (progressive quantization with retraining, N = N_at_max); the "
           "model of the family that lost the most",
-          "the seeds' mean +- 2 s.e. within the paper's loss +- 10 % of it (at least +- 0.5 "
+          "the seeds' mean ± 2 s.e. within the paper's loss ± 10 % of it (at least ± 0.5 "
           "points, the chapter's lossless tolerance) or wholly outside (differs)",
           _quant_loss6, subjects=lambda: {FAMILY_NAMES[f]: f"{100 * x:.0f} points" for f, x
                                           in reference.value(
@@ -1020,7 +1020,7 @@ CLAIMS: list[Claim] = [
                       "on a GPU)"}),
     Claim("quant.half", "Quantization", "an FCDNN at half capacity keeps every sample at 4 bits",
           "quantization.half_capacity_fc", "as above, FCDNNs at the paper's half capacity, "
-          "N = C/2 (C the replicated capacity in bits)", "the seeds' mean +- 2 s.e. of fewest "
+          "N = C/2 (C the replicated capacity in bits)", "the seeds' mean ± 2 s.e. of fewest "
           "lossless bits at most 4.5 (agrees) or wholly above it (differs)", _quant_half),
     Claim("quant.fewer_samples", "Quantization", "fewer samples per parameter need fewer bits",
           "quantization.overparameterized_more_robust",
