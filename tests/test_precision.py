@@ -341,8 +341,8 @@ def test_fewer_samples_fewer_bits_ranks_a_loss_at_the_widest_as_worse_not_absent
 def test_recipe_line_reports_the_learning_rates_recorded(measured_rows):
     rows, _ = measured_rows
     (line,) = precision.recipe_lines(rows, QuantizationStudy(**FAST))
-    assert "our recipe (SGD, cosine decay, lr 0.3, 30 epochs)" in line
-    assert "the paper-range recipe (SGD, step decay, lr 0.03, 30 epochs)" in line
+    assert "our recipe (SGD, cosine decay, lr 0.3 (the recipe's), 30 epochs)" in line
+    assert "the paper-range recipe (SGD, step decay, lr 0.03 (the recipe's), 30 epochs)" in line
     assert line.endswith("the paper searched lr 0.001 to 0.05 (lr 0.3 lies outside it).")
 
 
