@@ -11,6 +11,7 @@ from capq_lib.engine.train import Recipe, memorize
 from capq_lib.experiments.search import FCDNNCapacityStudy
 from capq_lib.nets.datasets import memorization_set
 from capq_lib.nets.models import CNNSpec, FCDNNSpec, LSTMSpec, build
+from capq_lib.nets.transformer import TransformerSpec
 
 SPEC = FCDNNSpec(12, 2)
 MEMBERS = [(100, 0.1, 0.9, 0.1, 0, 0), (300, 0.05, 0.8, 0.1, 1, 1),
@@ -34,7 +35,7 @@ def assert_members_match_training_alone(spec, rows, shared):
         alone = memorize(net, data, m.recipe, seed=m.init_seed)
         assert got.epochs_run == alone.epochs_run
         assert got.accuracy == pytest.approx(alone.accuracy, abs=1e-9)
-        for a, b in zip(net.parameters(), got.model.parameters(), strict=True):
+        for (name, a), b in zip(net.named_parameters(), got.model.parameters(), strict=True):
             if m.recipe.optimizer != "adam":
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
                 continue
@@ -42,8 +43,15 @@ def assert_members_match_training_alone(spec, rows, shared):
             # is near zero turns rounding noise (batched and single convolutions sum in
             # another order, which differs between CPUs) into a step of up to lr: nearly
             # every weight must match tightly, and none may differ by more than that step
+            # a transformer's key bias shifts every attention logit of a query alike, which
+            # the softmax ignores: its gradient is zero in exact arithmetic, so there Adam
+            # steps on rounding noise alone (and a little of that reaches the QKV weights)
+            if name.endswith("qkv.bias"):
+                d = a.shape[0] // 3
+                a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
             close = torch.isclose(a, b, atol=1e-4, rtol=1e-4)
-            assert close.float().mean() >= 0.999, (close.float().mean(), a.shape)
+            least = 0.95 if name.endswith("qkv.weight") else 0.999
+            assert close.float().mean() >= least, (name, close.float().mean(), a.shape)
             assert (a - b).abs().max() <= m.recipe.lr, (a - b).abs().max()
 
 
@@ -77,8 +85,10 @@ def test_adam_members_match_torch_adam_alone():
 
 
 @pytest.mark.parametrize("spec,optimizer", [(CNNSpec("A"), "sgd"), (CNNSpec("B"), "adam"),
-                                            (LSTMSpec(8), "sgd"), (LSTMSpec(6, 4, 3), "adam")])
-def test_cnn_and_lstm_members_match_training_alone(spec, optimizer):
+                                            (LSTMSpec(8), "sgd"), (LSTMSpec(6, 4, 3), "adam"),
+                                            (TransformerSpec(1, 16), "adam"),
+                                            (TransformerSpec(2, 8, 2, n_in=6, steps=3), "sgd")])
+def test_cnn_lstm_and_transformer_members_match_training_alone(spec, optimizer):
     assert_members_match_training_alone(
         spec, [(48, 0.01, 0.9, 0.1, 0, 0), (20, 0.02, 0.8, 0.1, 1, 3)],
         Recipe(epochs=4, eval_every=2, optimizer=optimizer))

@@ -54,6 +54,8 @@ from capq_lib.nets.models import (
     cnn_blocks,
     lstm_step,
 )
+from capq_lib.nets.transformer import TransformerSpec, build_transformer
+from capq_lib.nets.transformer import forward as transformer_forward
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,14 @@ class StackedModel:
     def __getitem__(self, name: str) -> torch.Tensor:
         return view(name, self.params[self.names.index(name)], self.prepared)
 
-    def quantize_weights(self, config: QuantConfig | None) -> None:
+    def quantize_weights(self, config: QuantConfig | None, deployed: bool = False) -> None:
         """From now on run on ``config``-bit weights (None: float again), a step per member
         and weight tensor fixed from the current float weights; training goes on updating
-        the float shadow weights through the straight-through estimator."""
+        the float shadow weights through the straight-through estimator. ``deployed``: the
+        read-out and embeddings quantized too (``quantize.quantized_names``)."""
         self.prepared = None if config is None else prepare(
-            dict(zip(self.names, self.params, strict=True)), quantized_names(self.template),
-            config, lead=1)
+            dict(zip(self.names, self.params, strict=True)),
+            quantized_names(self.template, deployed), config, lead=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, B, ...) -> (K, B, classes)
         raise NotImplementedError
@@ -242,8 +245,17 @@ class StackedLSTM(StackedModel):
 
 
 #: how each family is built alone and stacked
+class StackedTransformer(StackedModel):
+    """Transformer members: every projection a batched matmul, attention over the members'
+    batches at once (``transformer.forward`` is written for stacked members)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return transformer_forward(self.template.spec, self.__getitem__, x)
+
+
 STACKED_FORMS = {FCDNNSpec: (build_fcdnn, StackedFCDNN), CNNSpec: (build_cnn, StackedCNN),
-            LSTMSpec: (build_lstm, StackedLSTM)}
+                 LSTMSpec: (build_lstm, StackedLSTM),
+                 TransformerSpec: (build_transformer, StackedTransformer)}
 
 
 def stacked(spec: ModelSpec, seeds: Sequence[int], device: torch.device) -> StackedModel:
@@ -523,7 +535,10 @@ def members_per_pass(spec: ModelSpec, members: Sequence[Member],
         return len(members)
     if isinstance(spec, CNNSpec):
         return min(len(members), CPU_CNN_MEMBERS)
-    width = spec.width if isinstance(spec, FCDNNSpec) else 4 * spec.units
+    if isinstance(spec, TransformerSpec):  # the MLP's activations, at every position
+        width = 4 * spec.width * spec.steps
+    else:
+        width = spec.width if isinstance(spec, FCDNNSpec) else 4 * spec.units
     batch = max(math.ceil(m.n_samples / m.recipe.batches_per_epoch) for m in members)
     return max(1, min(len(members), CPU_ACTIVATION_BYTES // (batch * width * 4)))
 

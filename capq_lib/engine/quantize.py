@@ -95,9 +95,18 @@ def _expand(step: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return step.reshape(*step.shape, *([1] * (w.dim() - step.dim())))
 
 
-def quantized_names(net: nn.Module) -> list[str]:
-    """The weights that get quantized: every weight matrix or kernel but the read-out."""
-    return [n for n, p in net.named_parameters() if p.dim() >= 2 and not n.startswith("output.")]
+#: parameters that are tables, not weight matrices: a transformer's token and position
+#: embeddings (kept in float like the read-out, unless a deployed model is asked for)
+EMBEDDINGS = ("embed.", "pos")
+
+
+def quantized_names(net: nn.Module, deployed: bool = False) -> list[str]:
+    """The weights that get quantized: every weight matrix or kernel but the read-out (and,
+    for transformers, but the embeddings: the paper keeps its read-out in float). With
+    ``deployed``, the read-out and the embeddings too, as a deployed LM would quantize them.
+    Biases and LayerNorms (vectors) stay in float either way."""
+    return [n for n, p in net.named_parameters() if p.dim() >= 2 and (
+        deployed or not (n.startswith("output.") or n.startswith(EMBEDDINGS)))]
 
 
 @dataclass(frozen=True)

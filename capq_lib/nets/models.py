@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from capq_lib.core import validate
+from capq_lib.nets.transformer import TransformerSpec, build_transformer
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def build_lstm(spec: LSTMSpec, seed: int = 0) -> LSTMClassifier:
     return net
 
 
-ModelSpec = FCDNNSpec | CNNSpec | LSTMSpec
+ModelSpec = FCDNNSpec | CNNSpec | LSTMSpec | TransformerSpec
 
 
 def build(spec: ModelSpec, seed: int = 0) -> nn.Module:
@@ -303,6 +304,8 @@ def build(spec: ModelSpec, seed: int = 0) -> nn.Module:
         return build_fcdnn(spec, seed)
     if isinstance(spec, CNNSpec):
         return build_cnn(spec, seed)
+    if isinstance(spec, TransformerSpec):
+        return build_transformer(spec, seed)
     return build_lstm(spec, seed)
 
 
