@@ -9,7 +9,7 @@ of epochs. The achieved GFLOP/s of (b) is compared with the peak float32 matmul 
 measured in the same run.
 
     python benchmarks/population.py [--device cpu|cuda] [--json] [--quick]
-                                    [--family fcdnn|cnn|lstm|all]
+                                    [--family fcdnn|cnn|lstm|transformer|all]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from capq_lib.engine.population import Member, stack_memorization_sets, train_me
 from capq_lib.engine.train import Recipe, memorize
 from capq_lib.nets.datasets import memorization_set
 from capq_lib.nets.models import CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec, build
+from capq_lib.nets.transformer import TransformerSpec
 
 BATCHES_PER_EPOCH = 8
 
@@ -66,6 +67,10 @@ def macs_per_sample(spec: ModelSpec) -> float:
                 macs += i * o * spec.kernel**2 * size * size
             size //= 2
         return macs + spec.features * spec.n_classes
+    if isinstance(spec, TransformerSpec):  # projections and MLP per position, attention
+        d, t = spec.width, spec.steps
+        return t * (spec.n_in * d + 12 * d * d) * spec.layers + 2 * t * t * d * spec.layers \
+            + d * spec.n_classes
     return spec.steps * 4 * spec.units * (spec.n_in + spec.units) + spec.units * spec.n_classes
 
 
@@ -152,11 +157,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON records, not a table")
     ap.add_argument("--quick", action="store_true", help="the three cells the targets name")
     ap.add_argument("--budget-s", type=float, default=1.5, help="seconds per measurement")
-    ap.add_argument("--family", choices=("fcdnn", "cnn", "lstm", "all"), default="fcdnn")
+    ap.add_argument("--family", choices=("fcdnn", "cnn", "lstm", "transformer", "all"),
+                    default="fcdnn")
     args = ap.parse_args()
     device = resolve_device(args.device)
     peak = peak_matmul_gflops(device)
-    fams = ("fcdnn", "cnn", "lstm") if args.family == "all" else (args.family,)
+    fams = ("fcdnn", "cnn", "lstm", "transformer") if args.family == "all" else (args.family,)
     rows = []
     if "fcdnn" in fams and args.quick:
         rows += run(device, [32], [FCDNNSpec(32, 2)], [256], args.budget_s, peak=peak)
@@ -169,6 +175,9 @@ def main() -> None:
         rows += run(device, ks, [CNNSpec("A")], [64, 256], args.budget_s, "adam", peak)
     if "lstm" in fams:
         rows += run(device, [8, 32, 128], [LSTMSpec(16), LSTMSpec(32)], [64, 256],
+                    args.budget_s, "adam", peak)
+    if "transformer" in fams:  # the transformer classifier of the LSTM chapter's data
+        rows += run(device, [16, 32], [TransformerSpec(1, 16), TransformerSpec(1, 32)], [64],
                     args.budget_s, "adam", peak)
     print(json.dumps(rows, indent=1) if args.json else
           f"device: {rows[0]['device']}, peak float32 matmul "
