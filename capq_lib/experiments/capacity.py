@@ -36,6 +36,7 @@ from capq_lib.experiments.search import (
 
 FCDNN_KIND, CNN_KIND, RNN_KIND = "fcdnn-capacity", "cnn-capacity", "rnn-capacity"
 FCDNN_CNN_RECIPE_KIND = "fcdnn-capacity-cnn-recipe"
+TRANSFORMER_KIND = "transformer-capacity"
 
 
 def capacity_curve(trials: pd.DataFrame) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def capacity_curve(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 #: per-family columns that ``search.spec_columns`` adds and summaries carry along
-SPEC_COLUMNS = ("width", "depth", "params_conv", "params_fc", "units")
+SPEC_COLUMNS = ("width", "depth", "params_conv", "params_fc", "units", "layers")
 #: stages whose trials make up the search (stage 5 replicates the winner)
 SEARCH_STAGES = (1, 2, 3, 4)
 

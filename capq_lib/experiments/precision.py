@@ -315,11 +315,12 @@ def paper_point(unit: Unit) -> CapacityPoint:
 
 
 def evaluate_quantized(spec: ModelSpec, nets: Sequence[nn.Module], x: torch.Tensor,
-                       y: torch.Tensor, n: torch.Tensor, config: QuantConfig | None
-                       ) -> list[float]:
-    """Each net's accuracy on its own set with its weights quantized directly (None: float)."""
+                       y: torch.Tensor, n: torch.Tensor, config: QuantConfig | None,
+                       deployed: bool = False) -> list[float]:
+    """Each net's accuracy on its own set with its weights quantized directly (None: float;
+    ``deployed``: embeddings and read-out too)."""
     model = stack_nets(spec, nets, x.device)
-    model.quantize_weights(config)
+    model.quantize_weights(config, deployed)
     return evaluate_population(model, x, y, n)[0].tolist()
 
 
@@ -332,7 +333,7 @@ def retrain_recipe(recipe: Recipe, epochs: int, lr: float) -> Recipe:
 
 def progressive(spec: ModelSpec, nets: Sequence[nn.Module], members: Sequence[Member],
                 x: torch.Tensor, y: torch.Tensor, schedule: Iterable[int],
-                rule: str) -> dict[int, list[float]]:
+                rule: str, deployed: bool = False) -> dict[int, list[float]]:
     """Quantize step by step down the schedule, retraining the float shadow weights with
     fake quantization after each step (each member by its own, retraining, recipe);
     accuracy per bit width. A member whose retraining
@@ -342,9 +343,9 @@ def progressive(spec: ModelSpec, nets: Sequence[nn.Module], members: Sequence[Me
     n = torch.tensor([m.n_samples for m in members], device=x.device)
     for bits in schedule:
         config = QuantConfig(bits, rule)
-        before = evaluate_quantized(spec, nets, x, y, n, config)
+        before = evaluate_quantized(spec, nets, x, y, n, config, deployed)
         model = stack_nets(spec, nets, x.device)
-        model.quantize_weights(config)
+        model.quantize_weights(config, deployed)
         res = train_population(model, members, x, y)
         keep = [m.accuracy >= b for m, b in zip(res.members, before, strict=True)]
         out[bits] = [m.accuracy if k else b

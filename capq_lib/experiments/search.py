@@ -47,6 +47,7 @@ from capq_lib.experiments.maxima import Peak, best_per_n, peak
 from capq_lib.experiments.storage import Heartbeat, Storage, fail_abandoned, mark_claimed
 from capq_lib.nets.datasets import check_size
 from capq_lib.nets.models import TABLE1, CNNSpec, FCDNNSpec, LSTMSpec, ModelSpec
+from capq_lib.nets.transformer import TransformerSpec
 
 SEED_ATTR = "seeded_from"
 
@@ -270,8 +271,44 @@ class RNNCapacityStudy(CapacityStudy):
         return [LSTMSpec(u, self.n_in, self.steps) for u in self.units]
 
 
+def parse_transformer(name: str) -> tuple[int, int]:
+    """'1x32' -> (layers, width)."""
+    try:
+        layers, width = (int(v) for v in str(name).lower().removeprefix("t").split("x"))
+    except ValueError:
+        raise validate.ConfigError(f"models must name transformers as LAYERSxWIDTH (e.g. "
+                                   f"'1x32'); got {name!r}") from None
+    return layers, width
+
+
+@dataclass(frozen=True)
+class TransformerCapacityStudy(CapacityStudy):
+    """Transformer classifiers on exactly the LSTM chapter's data (``steps`` random binary
+    vectors of ``n_in`` bits, one fair-coin label per sequence), each step a token through
+    a linear embedding, the label read at the last position: the same search, bracket,
+    replicates and Eq. (1) as the other families."""
+
+    experiment: ClassVar[str] = "transformer-capacity"
+    selection: ClassVar[tuple[str, ...]] = ("models",)
+    models: tuple[str, ...] = ("1x16", "1x32", "2x32")
+    heads: int = 2
+    n_in: int = 32
+    steps: int = 5
+
+    def _check_selection(self) -> None:
+        object.__setattr__(self, "models", validate.non_empty("models", self.models))
+        for m in self.models:
+            parse_transformer(m)
+        validate.integer("heads", self.heads, lo=1, hi=64)
+
+    def specs(self) -> list[ModelSpec]:
+        return [TransformerSpec(*parse_transformer(m), heads=self.heads, n_in=self.n_in,
+                                steps=self.steps) for m in self.models]
+
+
 STUDIES: dict[str, type[CapacityStudy]] = {
-    c.experiment: c for c in (FCDNNCapacityStudy, CNNCapacityStudy, RNNCapacityStudy)}
+    c.experiment: c for c in (FCDNNCapacityStudy, CNNCapacityStudy, RNNCapacityStudy,
+                              TransformerCapacityStudy)}
 
 
 #: the plan-key prefix of stage-4 trials that refine a peak at p = 1
@@ -671,6 +708,8 @@ def spec_columns(spec: ModelSpec) -> dict[str, Any]:
         out.update(width=spec.width, depth=spec.depth)
     elif isinstance(spec, CNNSpec):
         out.update(params_conv=spec.n_params_conv, params_fc=spec.n_params_fc)
+    elif isinstance(spec, TransformerSpec):
+        out.update(layers=spec.layers, width=spec.width)
     else:
         out.update(units=spec.units)
     return out
