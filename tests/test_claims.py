@@ -396,3 +396,66 @@ def test_loss_surface_claims_go_every_way():
     rows = claims.by_key("surf.test_less").rows(Evidence("t", surfaces=surfaces()))
     cifar = next(r for r in rows if "CIFAR CNNs" in r["claim"])
     assert cifar["verdict"].startswith("not measured")
+
+
+def lm_summary_rows(bpp_fp32=3.6, bpp_bf16=3.28, sd=0.02, bracketed=True, converged=True):
+    rows = []
+    for precision, bpp in (("float32", bpp_fp32), ("bfloat16", bpp_bf16)):
+        rows.append({"model": "1x16", "precision": precision, "params": 5696,
+                     "vocab": 64, "seq_len": 16, "capacity_bits": bpp * 5696,
+                     "capacity_bits_sd": sd * 5696, "bits_per_param": bpp,
+                     "bits_per_param_sd": sd, "replicates": 3, "bracketed": bracketed,
+                     "converged": converged})
+    return pd.DataFrame(rows)
+
+
+def lm_quant_rows(kept8=0.999, kept4_direct=0.3, kept4_prog=0.9, spread=0.005):
+    rows = []
+    for seed in range(3):
+        j = spread * (seed - 1)
+        rows.append({"model": "1x16", "params": 5696, "point": "full", "seed": seed,
+                     "bits": None, "way": "float", "route": "float", "memorized_bits": 1000.0})
+        for bits, route, kept in ((8, "direct", kept8), (4, "direct", kept4_direct),
+                                  (4, "progressive", kept4_prog)):
+            rows.append({"model": "1x16", "params": 5696, "point": "full", "seed": seed,
+                         "bits": bits, "way": "float tables", "route": route,
+                         "memorized_bits": 1000.0 * min(1.0, kept + j)})
+    return pd.DataFrame(rows)
+
+
+def test_transformer_lm_claims_go_every_way():
+    assert verdict(Evidence("t", lm=lm_summary_rows()), "tf.lm_bpp") == "agrees"
+    assert verdict(Evidence("t", lm=lm_summary_rows(bpp_fp32=1.2)), "tf.lm_bpp") == "differs"
+    assert verdict(Evidence("t", lm=lm_summary_rows(bpp_fp32=1.2, converged=False)),
+                   "tf.lm_bpp") == "inconclusive (not converged in training length)"
+    assert verdict(Evidence("t", lm=lm_summary_rows(sd=0.005)), "tf.bf16") == "agrees"
+    assert verdict(Evidence("t", lm=lm_summary_rows(bpp_bf16=3.6)), "tf.bf16") == "differs"
+    q = Evidence("t", lm_quant=lm_quant_rows())
+    assert verdict(q, "tf.int8") == "agrees"
+    assert verdict(q, "tf.int4") == "agrees"
+    assert verdict(q, "tf.retrain") == "agrees"
+    worse = Evidence("t", lm_quant=lm_quant_rows(kept8=0.9, kept4_direct=0.8, kept4_prog=0.5))
+    assert verdict(worse, "tf.int8") == "differs"
+    assert verdict(worse, "tf.int4") == "differs"
+    assert verdict(worse, "tf.retrain") == "differs"
+    noisy = Evidence("t", lm_quant=lm_quant_rows(kept4_direct=0.5, kept4_prog=0.51,
+                                                 spread=0.05))
+    assert verdict(noisy, "tf.int4").startswith("inconclusive")
+    assert verdict(noisy, "tf.retrain").startswith("inconclusive")
+
+
+def tf_rows(bpp_small=1.0, bpp_big=1.0, sd=0.02):
+    return summary([("T1x16", 3954, bpp_small, sd, True, {"layers": 1, "width": 16}),
+                    ("T1x32", 14050, bpp_big, sd, True, {"layers": 1, "width": 32})])
+
+
+def test_transformer_classifier_claims_go_every_way():
+    assert verdict(Evidence("t", tf=tf_rows()), "tf.linear") == "agrees"
+    assert verdict(Evidence("t", tf=tf_rows(1.0, 1.5)), "tf.linear") == "differs"
+    assert verdict(Evidence("t", tf=tf_rows(1.0, 1.1, sd=0.1)), "tf.linear").startswith(
+        "inconclusive")
+    assert verdict(Evidence("t", tf=tf_rows(3.7, 3.7), rnn=rnn()), "tf.vs_lstm") == "agrees"
+    assert verdict(Evidence("t", tf=tf_rows(1.0, 1.0), rnn=rnn()), "tf.vs_lstm") == "differs"
+    order = claims.by_key("families.order").rows(Evidence("t", fc=fc(), rnn=rnn(),
+                                                          tf=tf_rows()))[0]
+    assert "transformer classifier" in order["we measured"]

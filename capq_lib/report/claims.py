@@ -67,6 +67,12 @@ class Evidence:
     real: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: loss-surface points: one per net, width, split and alpha (means over directions)
     surfaces: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: transformer classifiers' capacity summaries (the LSTM chapter's data, Eq. (1))
+    tf: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: transformer LMs' capacity summaries (Morris's measure), per model and precision
+    lm: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the LMs quantized: one row per net, width, way (tables) and route
+    lm_quant: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -384,6 +390,8 @@ def _order(ev: Evidence) -> list[Finding]:
         return []
     ours = "; ".join(f"{n} {e.text()}" for n, e in fams) + " (family means, in the " \
         "paper's order)"
+    if not ev.tf.empty:  # beyond the paper: where transformers fall, on the LSTM's data
+        ours += f"; transformer classifier {family(ev.tf).text()} (not part of the claim)"
     return [Finding(ours, v.ordered([e for _, e in fams]))]
 
 
@@ -924,6 +932,116 @@ def _surf_quantized_wider(ev: Evidence) -> list[Finding]:
     return _surface_findings(ev, pairs, "float rise minus the narrowest width's rise")
 
 
+# --- Transformers (beyond the paper) ------------------------------------------------------
+
+MORRIS_SIZE = "Morris's models have 100k to 20M parameters"
+
+
+def _largest(df: pd.DataFrame) -> pd.Series:
+    return df.loc[df.params.idxmax()]
+
+
+def _tf_lm_bpp(ev: Evidence) -> list[Finding]:
+    fl = ev.lm[ev.lm.precision == "float32"] if len(ev.lm) else ev.lm
+    if fl.empty:
+        return []
+    big = _largest(fl)
+    e = bits_per_param(big)
+    paper = reference.value("transformers.lm_bits_per_param")
+    return [Finding(f"{e.text()}{_why(e, big)} ({big.model}, {int(big.params):,} parameters, "
+                    f"V = {int(big.vocab)}, S = {int(big.seq_len)}; caveat: {MORRIS_SIZE})",
+                    v.within(e, paper, near(paper)))]
+
+
+def _tf_bf16(ev: Evidence) -> list[Finding]:
+    if ev.lm.empty or not (ev.lm.precision == "bfloat16").any():
+        return []
+    bf = ev.lm[ev.lm.precision == "bfloat16"]
+    out = []
+    for r in bf.itertuples():
+        fl = ev.lm[(ev.lm.precision == "float32") & (ev.lm.model == r.model)]
+        if fl.empty:
+            continue
+        a, b = bits_per_param(fl.iloc[0]), bits_per_param(pd.Series(r._asdict()))
+        d = Estimate(a.mean - b.mean, math.sqrt(a.se ** 2 + b.se ** 2), min(a.n, b.n),
+                     a.lower_bound or b.lower_bound, a.caveat or b.caveat)
+        ref = reference.value("transformers.precision_bits_per_param")
+        paper = ref["float32"] - ref["bfloat16"]
+        out.append(Finding(f"float32 minus bfloat16: {d.text()} bits per parameter "
+                           f"({r.model})", v.within(d, paper, near(paper))))
+    return out[-1:]
+
+
+def _lm_retained(ev: Evidence, bits: int, route: str, way: str = "float tables"
+                 ) -> tuple[str, Estimate] | None:
+    """Per seed, the share of its float memorized bits an LM keeps at ``bits`` (the
+    largest model at full capacity)."""
+    q = ev.lm_quant
+    if q.empty:
+        return None
+    full = q[q.point == "full"]
+    if full.empty:
+        return None
+    model = full.loc[full.params.idxmax(), "model"]
+    g = full[full.model == model]
+    fl = g[g.bits.isna()].set_index("seed").memorized_bits
+    at = g[(g.bits == bits) & (g.route == route) & (g.way == way)].set_index("seed")
+    if at.empty:
+        return None
+    kept = (at.memorized_bits / fl.reindex(at.index)).dropna()
+    return model, Estimate.of(kept)
+
+
+def _tf_int8(ev: Evidence) -> list[Finding]:
+    got = _lm_retained(ev, 8, "direct")
+    if got is None:
+        return []
+    model, e = got
+    lost = Estimate(1 - e.mean, e.se, e.n)
+    return [Finding(f"{model} at 8 bits, post-training, keeps {e.text('.3f')} of its float "
+                    f"memorized bits", v.at_most(lost, REAL_TOLERANCE))]
+
+
+def _tf_int4(ev: Evidence) -> list[Finding]:
+    got = _lm_retained(ev, 4, "direct")
+    if got is None:
+        return []
+    model, e = got
+    lost = Estimate(1 - e.mean, e.se, e.n)
+    half = Estimate(reference.value("transformers.int4_loses_half"), 0.0, e.n)
+    return [Finding(f"{model} at 4 bits, post-training, keeps {e.text('.3f')} of its float "
+                    f"memorized bits (loses {lost.cell('.3f')})", v.greater(lost, half))]
+
+
+def _tf_retrain(ev: Evidence) -> list[Finding]:
+    direct, prog = _lm_retained(ev, 4, "direct"), _lm_retained(ev, 4, "progressive")
+    if direct is None or prog is None:
+        return []
+    model, a = prog
+    b = direct[1]
+    return [Finding(f"{model} at 4 bits keeps {a.text('.3f')} of its float bits with "
+                    f"retraining, {b.text('.3f')} without", v.greater(a, b))]
+
+
+def _tf_linear(ev: Evidence) -> list[Finding]:
+    if len(ev.tf) < 2:
+        return []
+    small, big = ev.tf.loc[ev.tf.params.idxmin()], ev.tf.loc[ev.tf.params.idxmax()]
+    e = ratio(bits_per_param(big), bits_per_param(small))
+    return [Finding(f"largest / smallest classifier's bits per parameter {e.text()} "
+                    f"({big.model} / {small.model})", v.within(e, 1.0, near(1.0)))]
+
+
+def _tf_vs_lstm(ev: Evidence) -> list[Finding]:
+    if ev.tf.empty or ev.rnn.empty:
+        return []
+    t, r = _largest(ev.tf), _largest(ev.rnn)
+    e = ratio(bits_per_param(t), bits_per_param(r))
+    return [Finding(f"transformer / LSTM bits per parameter {e.text()} ({t.model}, "
+                    f"{int(t.params):,} parameters, against {r.model}, {int(r.params):,}; "
+                    f"same data, Eq. (1))", v.within(e, 1.0, near(1.0)))]
+
+
 CLAIMS: list[Claim] = [
     Claim("mi.eq1", "Mutual information",
           "Eq. (1) gives the bits a trained classifier of accuracy p holds about N random "
@@ -1084,6 +1202,38 @@ CLAIMS: list[Claim] = [
           "data inconclusive", _surf_quantized_wider,
           subjects=lambda: {"CIFAR CNNs": None, "word-level LMs": None},
           unmeasured="no loss surfaces of this family under this profile"),
+    Claim("tf.lm_bpp", "Transformers", "a transformer LM stores about this many bits per "
+          "parameter of uniformly random token sequences", "transformers.lm_bits_per_param",
+          "memorized bits (S log2 V minus NLL, per sequence, at least 0) at the bracketed peak "
+          "over N, mean over seeds, over the parameters of our largest float32 LM",
+          "within 3.6 ± 10 %; a lower bound (unbracketed, not converged) is inconclusive",
+          _tf_lm_bpp),
+    Claim("tf.bf16", "Transformers", "trained in bfloat16, an LM stores less per parameter "
+          "than in float32", "transformers.precision_bits_per_param", "the same LMs trained "
+          "with every weight rounded to bfloat16 after each update, against float32",
+          "the difference within 0.32 ± 10 %", _tf_bf16),
+    Claim("tf.int8", "Transformers", "post-training int8 keeps what an LM memorized",
+          "transformers.int8_keeps", "per seed, memorized bits at 8 bits quantized directly "
+          "(tables in float) over float, the largest LM at its capacity's N",
+          "the share lost at most 1 % (agrees) or wholly more (differs)", _tf_int8),
+    Claim("tf.int4", "Transformers", "post-training int4 loses more than half of what an LM "
+          "memorized", "transformers.int4_loses_half", "per seed, the share of memorized bits "
+          "lost at 4 bits quantized directly", "more than 0.5 by 2 s.e. (agrees) or less "
+          "(differs)", _tf_int4),
+    Claim("tf.retrain", "Transformers", "retraining at 4 bits recovers what post-training "
+          "quantization lost", "transformers.retraining_recovers", "per seed, the share "
+          "kept at 4 bits progressively with retraining against directly",
+          "retrained keeps more by 2 s.e. (agrees) or less (differs)", _tf_retrain),
+    Claim("tf.linear", "Transformers", "a transformer classifier's capacity grows in "
+          "proportion to its parameters", "transformers.classifier_size_independent",
+          "replicated bits per parameter of our largest classifier over our smallest",
+          "ratio's interval inside 1 ± 10 % (agrees) or wholly outside (differs)",
+          _tf_linear),
+    Claim("tf.vs_lstm", "Transformers", "a transformer weight stores about what an LSTM "
+          "weight stores, on the same data", "transformers.classifier_vs_lstm",
+          "replicated bits per parameter (Eq. (1)) of our largest transformer classifier "
+          "over our largest LSTM's", "ratio's interval inside 1 ± 10 % (agrees) or wholly "
+          "outside (differs)", _tf_vs_lstm),
     Claim("real.cifar_params", "Real tasks", "the {subject} has this many parameters",
           "real_tasks.cifar10_params", "parameters of our CIFAR CNN definitions, counted "
           "(every tensor)", "equal to the paper's count (agrees) or not (differs)",
