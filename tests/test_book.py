@@ -80,7 +80,8 @@ def test_a_failing_notebook_shows_its_error_and_the_others_still_run(tmp_path):
         (tmp_path / "_build" / "build-report.json").read_text())["notebooks"]}
     assert report == {"mutual-information": "ok", "fcdnn-capacity": "ok", "intro": "ok",
                       "cnn-capacity": "ok", "rnn-capacity": "ok", "quantization": "ok",
-                      "bits-needed": "ok", "real-tasks": "ok", "loss-surfaces": "failed"}
+                      "bits-needed": "ok", "real-tasks": "ok", "loss-surfaces": "failed",
+                      "transformer-capacity": "ok"}
     executed = nbformat.read(tmp_path / "_build" / "stage" / "book" / "loss-surfaces.ipynb", 4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.output_type == "error"]

@@ -383,8 +383,8 @@ def quantize_lms(study: LMCapacityStudy, rows: pd.DataFrame, summary: pd.DataFra
     fl = summary[summary.precision == "float32"]
     for s in fl.itertuples():
         g = rows[(rows.model == s.model) & (rows.precision == "float32")]
-        below = sorted(n for n in g.n_sequences.unique() if n <= s.n_at_max / 2)
-        points = {"full": s.n_at_max, **({"half": below[-1]} if below else {})}
+        below = sorted(int(n) for n in g.n_sequences.unique() if n <= s.n_at_max / 2)
+        points = {"full": int(s.n_at_max), **({"half": below[-1]} if below else {})}
         config = {**_config(study, s.model, "float32"), "bits": list(study.bits),
                   "retrain_steps": study.retrain_steps, "points": points}
 

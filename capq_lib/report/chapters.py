@@ -22,7 +22,9 @@ from capq_lib.core.devices import resolve_device
 from capq_lib.core.paths import BOOK_ROOT
 from capq_lib.engine.quantize import check_bits
 from capq_lib.engine.surface import SurfaceConfig
+from capq_lib.experiments.at_capacity import AtCapacity
 from capq_lib.experiments.channel import MICheck
+from capq_lib.experiments.lm_capacity import LMCapacityStudy
 from capq_lib.experiments.precision import QuantizationStudy
 from capq_lib.experiments.realtasks import CIFAR_SIZES, RealTaskStudy
 from capq_lib.experiments.search import (
@@ -30,6 +32,7 @@ from capq_lib.experiments.search import (
     FCDNNCapacityStudy,
     FCDNNCNNRecipeStudy,
     RNNCapacityStudy,
+    TransformerCapacityStudy,
 )
 from capq_lib.experiments.storage import check_url
 from capq_lib.experiments.trained_mi import TrainedMICheck
@@ -108,12 +111,33 @@ def _fill(ns: Namespace) -> list[Any]:
          "rnn_models": []})]
 
 
+def _transformer(ns: Namespace) -> list[Any]:
+    """The transformer chapter: the classifier's capacity search (the LSTM chapter's
+    parameters, plus ``heads``), the LM measure (``lm_*``) and the classifier's
+    quantization at capacity (``quant_*``); the notebook takes its studies from here."""
+    study = TransformerCapacityStudy.from_namespace(ns)
+    _storage(ns)
+    _lengths(ns)
+    lm = LMCapacityStudy(
+        profile=ns["profile"], models=ns["lm_models"], heads=ns["lm_heads"],
+        vocab=ns["lm_vocab"], seq_len=ns["lm_seq_len"],
+        entropy_fractions=ns["lm_entropy_fractions"], seeds=ns["lm_seeds"],
+        steps=ns["lm_steps"], batch=ns["lm_batch"], lr=ns["lm_lr"],
+        bf16_models=ns["lm_bf16_models"], bits=ns["bits"],
+        retrain_steps=ns["lm_retrain_steps"])
+    quant = AtCapacity(profile=ns["profile"], seeds=ns["quant_seeds"], bits=ns["bits"],
+                       retrain_epochs=ns["quant_retrain_epochs"],
+                       lossless_tolerance=ns["lossless_tolerance"])
+    return [study, lm, quant]
+
+
 CONFIGURE: dict[str, Callable[[Namespace], list[Any]]] = {
     "intro": lambda ns: [],
     "mutual-information": _mi,
     "fcdnn-capacity": _fcdnn,
     "cnn-capacity": _cnn,
     "rnn-capacity": _rnn,
+    "transformer-capacity": _transformer,
     "quantization": lambda ns: [QuantizationStudy.from_namespace(ns)],
     "bits-needed": _fill,
     "real-tasks": lambda ns: [RealTaskStudy.from_namespace(ns)],

@@ -8,15 +8,18 @@ import io
 import json
 import sys
 
+import pandas as pd
 import yaml
 
 from capq_lib import __version__
 from capq_lib.core.devices import DEVICE_CHOICES
 from capq_lib.core.paths import absolute_environment
 from capq_lib.core.validate import ConfigError
-from capq_lib.experiments import records
+from capq_lib.experiments import lm_capacity, records
 from capq_lib.experiments.advise import EXPERIMENT as ADVICE_KIND
 from capq_lib.experiments.advise import advise, measured
+from capq_lib.experiments.at_capacity import KIND as AT_CAPACITY
+from capq_lib.experiments.capacity import TRANSFORMER_KIND
 from capq_lib.experiments.search import STUDIES, run_worker
 from capq_lib.nets import realdata
 from capq_lib.report import profiles
@@ -46,6 +49,14 @@ EXPERIMENTS = {
                   "data (what it trained and tested on)",
     "loss-surfaces": "one point of a loss surface: task, model, width, split, alpha, loss and "
                      "accuracy (means and spreads over the directions)",
+    "transformer-capacity": "the transformer chapter, both measures: capacity of each "
+                            "classifier (measure 'classifier', Eq. (1), as the other "
+                            "families) and of each LM per precision (measure 'lm': "
+                            "memorized_bits, ceiling_bits, entropy_bits, vocab, seq_len, "
+                            "precision), then their quantization rows (record "
+                            "'quantization': bits, way, route, per net)",
+    "transformer-lm": "one trained transformer LM: model, precision, n_sequences, seed, "
+                      "memorized_bits (and after half the steps), ceiling_bits, entropy_bits",
 }
 
 
@@ -55,7 +66,8 @@ def result_rows(name: str, profile: str | None = None) -> list[dict]:
     if name not in EXPERIMENTS:
         raise ConfigError(f"NAME must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
     # a record may hold many rows (a quantization unit: every seed and bit width)
-    rows = records.rows(name, profile, provenance=True)
+    rows = transformer_rows(profile) if name == "transformer-capacity" else \
+        records.rows(name, profile, provenance=True)
     labels = records.labels(name)
     if profile is not None:
         mine = sorted({str(r["profile"]) for r in rows})
@@ -71,6 +83,25 @@ def result_rows(name: str, profile: str | None = None) -> list[dict]:
                   f"({', '.join(mine)}); pass one of them as --profile to see one",
                   file=sys.stderr)
     return rows
+
+
+def transformer_rows(profile: str | None) -> list[dict]:
+    """The transformer chapter's export: classifier and LM capacities (one row per model,
+    and per precision for LMs), then every quantization row of both measures."""
+    out = [{**r, "measure": "classifier", "record": "capacity"}
+           for r in records.rows(TRANSFORMER_KIND, profile, provenance=True)]
+    lm_rows = records.rows(lm_capacity.EXPERIMENT, profile, provenance=True)
+    if lm_rows:
+        frame = pd.DataFrame(lm_rows)
+        for label, g in frame.groupby("profile", sort=False):
+            for r in lm_capacity.lm_summary(g).to_dict("records"):
+                out.append({**r, "profile": label, "measure": "lm", "record": "capacity",
+                            "provenance": g.provenance.iloc[0]})
+    out += [{**r, "measure": "lm", "record": "quantization"}
+            for r in records.rows(lm_capacity.QUANT_EXPERIMENT, profile, provenance=True)]
+    out += [{**r, "measure": "classifier", "record": "quantization"}
+            for r in records.rows(AT_CAPACITY, profile, provenance=True)]
+    return out
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:

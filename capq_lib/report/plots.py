@@ -7,6 +7,8 @@ every page), so pages stay small and make no network requests.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -595,3 +597,107 @@ def surface_slider(surf: pd.DataFrame, metric: str, title: str) -> go.Figure:
                                         currentvalue=dict(prefix="float (pale) and "))])
     return _below(_layout(fig, title, height=470, xaxis=dict(title="alpha (step along d)"),
                           yaxis=dict(title=metric)))
+
+
+# --- transformers -------------------------------------------------------------------------
+
+def lm_memorized(rows: pd.DataFrame) -> go.Figure:
+    """Memorized bits against N for each LM (float32; mean ± sd over seeds), the ceiling
+    no net can pass (dashed, same colour) and the data's entropy (grey): memorized bits
+    rise with N while a net can hold them, then level off or fall."""
+    fig = go.Figure()
+    fl = rows[rows.precision == "float32"]
+    for i, (model, g) in enumerate(fl.groupby("model", sort=False)):
+        per = g.groupby("n_sequences").agg(m=("memorized_bits", "mean"),
+                                           s=("memorized_bits", "std"),
+                                           c=("ceiling_bits", "mean")).reset_index()
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=per.n_sequences, y=per.m, mode="lines+markers",
+                                 name=f"{model} ({int(g.params.iloc[0]):,} params)",
+                                 error_y=dict(type="data", array=per.s.fillna(0)),
+                                 line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=per.n_sequences, y=per.c, mode="lines",
+                                 name=f"{model}: ceiling", showlegend=i == 0,
+                                 legendgroup="ceiling", line=dict(color=color, dash="dash"),
+                                 hovertemplate="ceiling %{y:.0f} bits<extra></extra>"))
+    return _layout(fig, "Memorized bits against the number of random sequences",
+                   xaxis=dict(type="log", title="sequences N"),
+                   yaxis=dict(type="log", title="bits memorized (mean over seeds)"))
+
+
+def transformer_capacity_vs_params(lm: pd.DataFrame, tf: pd.DataFrame, morris: float
+                                   ) -> go.Figure:
+    """Capacity against parameters (log-log): the LMs (float32 and bfloat16) and the
+    classifiers (Eq. (1)), Morris's 3.6 bits per parameter as a line; open markers are
+    lower bounds."""
+    fig = go.Figure()
+    sets = [(f"LM, {p}", lm[lm.precision == p]) for p in ("float32", "bfloat16")
+            if len(lm) and (lm.precision == p).any()]
+    if len(tf):
+        sets.append(("classifier (Eq. (1))", tf))
+    xs = [x for _, d in sets for x in d.params]
+    for i, (label, d) in enumerate(sets):
+        lower = [not bool(b) or c is False for b, c in
+                 zip(d.bracketed, d.get("converged", [True] * len(d)), strict=True)]
+        fig.add_trace(go.Scatter(
+            x=d.params, y=d.capacity_bits, mode="markers", name=label, text=d.model,
+            marker=dict(size=11, color=PALETTE[i % len(PALETTE)],
+                        symbol=["circle-open" if lb else "circle" for lb in lower]),
+            hovertemplate="%{text}: %{x:,} params, %{y:,.0f} bits<extra></extra>"))
+    if xs:
+        grid = np.geomspace(min(xs) / 1.5, max(xs) * 1.5, 30)
+        fig.add_trace(go.Scatter(x=grid, y=morris * grid, mode="lines",
+                                 name=f"Morris et al.: {morris} bits/param",
+                                 line=dict(color="#555", dash="dash")))
+    return _layout(fig, "Transformer capacity against parameters",
+                   xaxis=dict(type="log", title="parameters"),
+                   yaxis=dict(type="log", title="capacity (bits)"))
+
+
+def bits_per_weight_slider(q: pd.DataFrame, title: str, start_bits: int = 4) -> go.Figure:
+    """Left: memorized bits per parameter against bit width, one line per way (tables in
+    float or deployed) and route (direct, progressive), the most a b-bit grid can hold,
+    log2(2^b - 1), dashed. Right: every way and route at the slider's width (precomputed
+    frames, so the slider works in the static page)."""
+    full = q[q.point == "full"]
+    model = full.loc[full.params.idxmax(), "model"] if len(full) else None
+    g = full[full.model == model]
+    params = int(g.params.iloc[0]) if len(g) else 1
+    flt = g[g.bits.isna()].memorized_bits.mean() / params if len(g) else 0.0
+    bits = sorted((int(b) for b in g.bits.dropna().unique()), reverse=True)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+                        subplot_titles=("bits per parameter against bit width",
+                                        "at the slider's width"))
+    combos = [(w, r) for w in ("float tables", "deployed") for r in ("direct", "progressive")]
+    for i, (way, route) in enumerate(combos):
+        d = g[(g.way == way) & (g.route == route)].groupby("bits").memorized_bits.mean()
+        fig.add_trace(go.Scatter(x=[str(b) for b in bits],
+                                 y=[d.get(b, np.nan) / params for b in bits],
+                                 mode="lines+markers", name=f"{route}, {way}",
+                                 line=dict(color=PALETTE[i], dash="solid" if route ==
+                                           "progressive" else "dot")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[str(b) for b in bits],
+                             y=[math.log2(2 ** b - 1) for b in bits], mode="lines",
+                             name="most a b-bit grid holds, log2(2^b - 1)",
+                             line=dict(color="#555", dash="dash")), row=1, col=1)
+    fig.add_hline(y=flt, line_dash="dot", line_color="#999", annotation_text="float",
+                  row=1, col=1)
+    n_lines = len(combos) + 1
+    for b in bits:
+        vals = [g[(g.way == w) & (g.route == r) & (g.bits == b)].memorized_bits.mean() /
+                params for w, r in combos]
+        fig.add_trace(go.Bar(x=[f"{r}, {w}" for w, r in combos], y=vals, showlegend=False,
+                             marker_color=PALETTE[:len(combos)], visible=b == start_bits,
+                             text=[f"{v:.2f}" for v in vals], textposition="outside",
+                             cliponaxis=False), row=1, col=2)
+    steps = [dict(method="update", label=str(b),
+                  args=[{"visible": [True] * n_lines + [j == i for j in range(len(bits))]}])
+             for i, b in enumerate(bits)]
+    active = bits.index(start_bits) if start_bits in bits else 0
+    if bits:
+        fig.update_layout(sliders=[dict(active=active, steps=steps, **SLIDER_BELOW,
+                                        currentvalue=dict(prefix="bits per weight: "))])
+    fig.update_xaxes(title_text="bits per weight", type="category", row=1, col=1)
+    fig.update_xaxes(tickangle=-30, automargin=True, row=1, col=2)
+    fig.update_yaxes(title_text=f"bits memorized per parameter ({model})", row=1, col=1)
+    return _below(_layout(fig, title, height=480))

@@ -17,7 +17,7 @@ import pandas as pd
 from capq_lib.core import reference
 from capq_lib.core.info import conv_bits_per_parameter
 from capq_lib.core.verdicts import Estimate, Z
-from capq_lib.experiments import fill, records, trained_mi
+from capq_lib.experiments import fill, lm_capacity, records, trained_mi
 from capq_lib.experiments.advise import measured
 from capq_lib.experiments.capacity import (
     CNN_KIND,
@@ -25,6 +25,7 @@ from capq_lib.experiments.capacity import (
     FCDNN_KIND,
     RNN_KIND,
     TRAINING_LENGTH_KIND,
+    TRANSFORMER_KIND,
 )
 from capq_lib.experiments.consistency import consistency
 from capq_lib.experiments.precision import EXPERIMENT as QUANTIZATION
@@ -166,7 +167,8 @@ def rnn_table(rnn: pd.DataFrame):
 
 
 def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
-             fc_cnn_recipe: pd.DataFrame | None = None) -> pd.DataFrame:
+             fc_cnn_recipe: pd.DataFrame | None = None,
+             tf: pd.DataFrame | None = None) -> pd.DataFrame:
     """Bits per parameter per measured model and family (conv share for CNNs), with its
     spread (2 s.e. over the replicates, as every ± in the book) and whether the value is
     a lower bound."""
@@ -176,7 +178,10 @@ def families(fc: pd.DataFrame, cnn: pd.DataFrame, rnn: pd.DataFrame,
             ("FCDNN, CNN recipe", fc_cnn_recipe, "bits_per_param",
              reference.value("fcdnn.bits_per_param_mean")),
             ("CNN", cnn, "conv_bits_per_param", reference.value("cnn.conv_bits_per_param_mean")),
-            ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param"))):
+            ("LSTM", rnn, "bits_per_param", reference.value("rnn.bits_per_param")),
+            # beyond the paper: its bar is Morris et al.'s LM value (another measure)
+            ("Transformer", tf, "bits_per_param",
+             reference.value("transformers.lm_bits_per_param"))):
         if df is not None and not df.empty:
             lower = [claims.convergence(r)[0] for _, r in df.iterrows()]
             spread = [Z * Estimate.from_sd(m, d, n).se if n > 1 else 0.0 for m, d, n in
@@ -252,13 +257,18 @@ def evidence(profile: str | None = None, cache: ResultsCache | None = None) -> E
             real["seed"] = 0
         real = real.drop_duplicates(["task", "model", "seed", "bits", "retrained", "split"],
                                     keep="last")
+    tf = summaries(TRANSFORMER_KIND, profile, cache)
+    lm_rows = pd.DataFrame(records.rows(lm_capacity.EXPERIMENT, profile, cache))
+    lm = lm_capacity.lm_summary(lm_rows) if len(lm_rows) else pd.DataFrame()
+    lm_quant = pd.DataFrame(records.rows(lm_capacity.QUANT_EXPERIMENT, profile, cache))
     quant = pd.DataFrame(records.rows(QUANTIZATION, profile, cache))
     quant = main_rows(quant) if len(quant) and "main" in quant else pd.DataFrame()
     return Evidence(profile or "all", mi_trained=trained_mi.cached_rows(profile, cache),
                     fc=fc, cnn=cnn, rnn=rnn, fc_cnn_recipe=fc_cnn, lengths=lengths,
                     lossless=measured(profile, cache, per_seed=True), quant=quant,
                     fill=fill.cached_nets(profile, cache), real=real,
-                    surfaces=cached_surfaces(profile, cache))
+                    surfaces=cached_surfaces(profile, cache), tf=tf, lm=lm,
+                    lm_quant=lm_quant)
 
 
 def training_lengths(profile: str | None, cache: ResultsCache | None = None) -> pd.DataFrame:
@@ -406,3 +416,62 @@ def cards(table: pd.DataFrame) -> str:
             f'<dt>we measured</dt><dd>{_linked(str(r["we measured"]))}</dd>'
             f'<dt>test</dt><dd>{_linked(test)}</dd></dl></div>')
     return '<div class="capq-cards">' + "".join(items) + "</div>"
+
+
+def transformer_bits_table(fewest: pd.DataFrame, lossless: pd.DataFrame) -> pd.DataFrame:
+    """Fewest lossless bits at full capacity (N_at_max), per family: the transformer
+    classifier's (progressive, tables in float, the quantization chapter's rule) beside
+    the FCDNNs', CNNs' and LSTMs' of the quantization chapter and the paper's widths."""
+    paper = reference.value("quantization.lossless_bits_full_capacity")
+    rows = []
+    for fam, name in (("fc", "FCDNN"), ("cnn", "CNN"), ("rnn", "LSTM")):
+        g = lossless[(lossless.family == fam) & (lossless.definition == "N_at_max x 1")] \
+            if len(lossless) else lossless
+        e = claims.seed_bits(g) if len(g) else Estimate(float("nan"), 0, 0)
+        rows.append({"family": name, "models": ", ".join(dict.fromkeys(g.model))
+                     if len(g) else "not measured", "fewest lossless bits": e.cell(".2f"),
+                     "paper": f"{paper[fam]} bits"})
+    t = fewest[(fewest.definition == "N_at_max x 1") & (fewest.way == "float tables")
+               & (fewest.route == "progressive")] if len(fewest) else fewest
+    e = claims.seed_bits(t) if len(t) else Estimate(float("nan"), 0, 0)
+    rows.append({"family": "Transformer classifier", "models": ", ".join(
+        dict.fromkeys(t.model)) if len(t) else "not measured",
+                 "fewest lossless bits": e.cell(".2f"), "paper": "(not in the paper)"})
+    return pd.DataFrame(rows)
+
+
+def transformer_table(summary: pd.DataFrame):
+    """The transformer classifiers, as the LSTM table (the same measure, Eq. (1))."""
+    t = capacity_table(summary)
+    t.insert(1, "layers x width", [f"{int(a)} x {int(b)}" for a, b in
+                                   zip(summary.layers, summary.width, strict=True)])
+    return t.style.hide(axis="index").set_caption(
+        f"Transformer classifiers on the LSTM chapter's data, mean of "
+        f"{_replicates(summary)} ({SPREAD}).")
+
+
+def lm_table(lm: pd.DataFrame):
+    """The LMs' capacities per precision: the peak's N, memorized bits against the data's
+    ceiling there, bits per parameter, and whether it is a maximum (and if not, why)."""
+    status = []
+    for _, r in lm.iterrows():
+        if r.get("at_ceiling"):
+            status.append("lower bound: memorized all it could at its peak")
+        else:
+            lower, why = claims.convergence(r)
+            status.append(("lower bound: " + (why or "peak not bracketed")) if lower
+                          else "maximum")
+    t = pd.DataFrame({
+        "model": lm.model, "precision": lm.precision, "params": lm.params.map("{:,}".format),
+        "peak at N": lm.n_at_max.map("{:,}".format),
+        "memorized, bits": _pm(lm.capacity_bits, lm.capacity_bits_sd, lm.replicates,
+                               ",.0f"),
+        "ceiling, bits": lm.ceiling_bits.map("{:,.0f}".format),
+        "bits per param.": _pm(lm.bits_per_param, lm.bits_per_param_sd, lm.replicates,
+                               ".2f"),
+        "status": status})
+    morris = reference.value("transformers.lm_bits_per_param")
+    return t.style.hide(axis="index").set_caption(
+        f"Language models (V = {int(lm.vocab.iloc[0]) if len(lm) else '?'}, S = "
+        f"{int(lm.seq_len.iloc[0]) if len(lm) else '?'}), mean of {_replicates(lm)} "
+        f"({SPREAD}). Morris et al. 2025: {morris} bits per parameter.")
