@@ -285,6 +285,19 @@ def test_a_language_model_is_judged_only_when_it_beats_a_unigram_model():
     assert verdict(Evidence("t", real=stand), "real.6bits") == "inconclusive (stand-in data)"
 
 
+def test_transformer_lms_get_a_row_of_their_own_under_the_six_bit_claim():
+    both = pd.concat([lm_rows(350), lm_rows(350).assign(task="tlm",
+                                                        model="2x32 transformer")])
+    lossy = both.copy()
+    lossy.loc[(lossy.task == "tlm") & (lossy.split == "test") & (lossy.bits == 6),
+              "perplexity"] = 361.0
+    for real, lstm, tf in ((both, "agrees", "agrees"), (lossy, "agrees", "differs")):
+        rows = {r["claim"]: r["verdict"]
+                for r in claims.by_key("real.6bits").rows(Evidence("t", real=real))}
+        assert rows["word-level LMs keep their test performance at 6 bits"] == lstm
+        assert rows["word-level transformer LMs keep their test performance at 6 bits"] == tf
+
+
 def with_sweep(df, model, n_at_max, swept):
     out = df.copy()
     out["n_at_max"] = [n_at_max if m == model else 1 for m in out.model]

@@ -84,6 +84,39 @@ def test_rows_cover_every_net_width_and_split_and_resume(cache, monkeypatch):
         assert records and {"task", "model", "split"} <= set(records[0])
 
 
+@needs_shared
+def test_transformer_lms_train_quantize_and_rebuild_beside_the_lstms(cache):
+    """Beyond the paper: word-level transformer LMs on the same PTB text, every weight
+    matrix but the read-out quantized (embeddings too, as the LSTM LMs'), rebuilt from
+    their saved weights to the same perplexity."""
+    study = RealTaskStudy(**{**SMALL, "mnist_widths": [], "cifar_sizes": [],
+                             "resnet_depths": [], "lm_units": [4], "tlm_units": [8],
+                             "epochs": {"lm": 1, "tlm": 1}, "lr": {"lm": 0.01, "tlm": 0.01},
+                             "retrain_epochs": {"lm": 0.5, "tlm": 0.5},
+                             "max_train": {"lm": 3000, "tlm": 3000},
+                             "max_test": {"lm": 2000, "tlm": 2000}})
+    rows = measure_real_tasks(study, "cpu", cache, SHARED, progress=False)
+    t = rows[rows.task == "tlm"]
+    assert set(t.model) == {"2x8 transformer"} and set(t.seed) == {0, 1}
+    float_test = t[t.bits.isna() & (t.split == "test")]
+    # better than the unigram model of the text it started as, on held-out text
+    assert (float_test.perplexity < float_test.unigram_perplexity).all()
+    saved = realtasks.load_states(t.key.iloc[0], cache)
+    net = rebuild(saved, "2")
+    params = dict(net.named_parameters())
+    assert params["embed.weight"].unique().numel() <= 3  # quantized, as the LSTM's embedding
+    assert params["blocks.0.qkv.weight"].unique().numel() <= 3
+    assert params["output.weight"].unique().numel() > 3  # the read-out stays in float
+    data = realtasks.task_data("tlm", study.settings("tlm"), SHARED)
+    again = realtasks.evaluate("tlm", realtasks.Quantized(rebuild(saved, "float"), None),
+                               data.test)
+    assert again["perplexity"] == pytest.approx(float_test.perplexity.iloc[0], rel=1e-4)
+    lm = rows[rows.task == "lm"]
+    assert set(realtasks.quality(rows).task) == {"lm", "tlm"} and len(lm)
+    assert set(robustness(rows[rows.task.isin(realtasks.LM_TASKS)], "perplexity").task) == \
+        {"lm", "tlm"}
+
+
 def test_bad_settings_fail_early():
     with pytest.raises(ConfigError, match="resnet_depths must be 6n"):
         RealTaskStudy(resnet_depths=[21])
@@ -99,6 +132,10 @@ def test_bad_settings_fail_early():
         RealTaskStudy(epochs={"cifar": 0})
     with pytest.raises(ConfigError, match=r"batch_size\['mnist'\] must be an integer"):
         RealTaskStudy(batch_size={"mnist": 0})
+    with pytest.raises(ConfigError, match="tlm_units must be divisible by its heads"):
+        RealTaskStudy(tlm_units=[33])
+    with pytest.raises(ConfigError, match="tlm_units must be an integer in"):
+        RealTaskStudy(tlm_units=[1])
 
 
 def test_a_net_depends_only_on_its_own_tasks_settings():

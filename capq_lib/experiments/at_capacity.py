@@ -131,3 +131,11 @@ def fewest_lossless(rows: pd.DataFrame, tolerance: float) -> pd.DataFrame:
                     float(g.bits[ok].min()) if ok.any() else float("nan"),
                     "widest": int(g.bits.max())})
     return pd.DataFrame(out)
+
+
+def model_to_quantize(summary: pd.DataFrame) -> pd.Series:
+    """The model whose nets at capacity are quantized: the largest whose capacity is a
+    maximum (bracketed, converged), since a net trained at a lower bound's N is not a net
+    at capacity; without one, the smallest (the cheapest, and the closest to converged)."""
+    ok = summary[summary.bracketed.astype(bool) & (summary.converged == True)]  # noqa: E712
+    return (ok if len(ok) else summary.nsmallest(1, "params")).sort_values("params").iloc[-1]

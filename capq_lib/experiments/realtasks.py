@@ -48,14 +48,17 @@ from capq_lib.experiments import records
 from capq_lib.experiments.results import ResultsCache
 from capq_lib.nets import realdata
 from capq_lib.nets.models import count_parameters
-from capq_lib.nets.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM
+from capq_lib.nets.taskmodels import CIFARCNN, MNISTFCDNN, CIFARResNet, WordLM, WordTransformerLM
 
-TASKS = ("mnist", "cifar", "resnet", "lm")
+TASKS = ("mnist", "cifar", "resnet", "lm", "tlm")
+#: the language-model tasks (PTB, next word): LSTM LMs and, beyond the paper, transformers
+LM_TASKS = ("lm", "tlm")
 #: the CIFAR CNNs by size (nets/taskmodels.py)
 CIFAR_SIZES = ("tiny", "small", "large")
 EXPERIMENT = "real-tasks"
 #: what one item of a task's data is
-UNIT = {"mnist": "images", "cifar": "images", "resnet": "images", "lm": "tokens"}
+UNIT = {"mnist": "images", "cifar": "images", "resnet": "images", "lm": "tokens",
+        "tlm": "tokens"}
 #: token columns of a PTB batch and steps of backpropagation through time: the usual
 #: word-level LM setup
 LM_COLUMNS, BPTT = 20, 35
@@ -250,12 +253,14 @@ def build_model(task: str, size: Any, vocab: int = 0, seed: int = 0) -> nn.Modul
         return CIFARCNN(str(size))
     if task == "resnet":
         return CIFARResNet(int(size))
+    if task == "tlm":
+        return WordTransformerLM(vocab, int(size), BPTT)
     return WordLM(vocab, int(size))
 
 
 def model_name(task: str, size: Any) -> str:
     return {"mnist": f"2x{size}", "cifar": str(size), "resnet": f"ResNet-{size}",
-            "lm": f"2x{size} LSTM"}[task]
+            "lm": f"2x{size} LSTM", "tlm": f"2x{size} transformer"}[task]
 
 
 def channels_last(task: str) -> bool:
@@ -274,8 +279,11 @@ class Quantized:
     def __init__(self, model: nn.Module, config: QuantConfig | None) -> None:
         self.model = model
         params = dict(model.named_parameters())
-        self.prepared = None if config is None else prepare(params, quantized_names(model),
-                                                            config)
+        # every weight matrix but the read-out: a transformer LM's embeddings too, as the
+        # LSTM LMs' (quantized_names keeps a memorizing transformer's embeddings in float)
+        names = quantized_names(model, deployed=True)
+        names = [n for n in names if not n.startswith("output.")]
+        self.prepared = None if config is None else prepare(params, names, config)
 
     def __call__(self, *args, **kw):
         params = {n: view(n, p, self.prepared) for n, p in self.model.named_parameters()}
@@ -364,11 +372,11 @@ def train_lm(model: nn.Module, data: torch.Tensor, epochs: float, lr: float, bpt
 
 
 def evaluate(task: str, run: Callable, data: Any) -> dict[str, float]:
-    ev = lm_evaluator(data) if task == "lm" else classification_evaluator(*data)
+    ev = lm_evaluator(data) if task in LM_TASKS else classification_evaluator(*data)
     with torch.no_grad():
         total, correct, count_ = ev(run)
     out = {"loss": float(total) / count_, "accuracy": float(correct) / count_}
-    if task == "lm":
+    if task in LM_TASKS:
         out["perplexity"] = math.exp(min(out["loss"], 50.0))
     return out
 
@@ -376,9 +384,9 @@ def evaluate(task: str, run: Callable, data: Any) -> dict[str, float]:
 Cap = int | dict[str, int] | None
 #: per-task settings a study takes unless told otherwise (a study may set some tasks only)
 DEFAULTS: dict[str, dict[str, float]] = {
-    "epochs": {"mnist": 10, "cifar": 4, "resnet": 2, "lm": 3},
-    "retrain_epochs": {"mnist": 1, "cifar": 1, "resnet": 1, "lm": 1},
-    "lr": {"mnist": 0.002, "cifar": 0.001, "resnet": 0.002, "lm": 0.003}}
+    "epochs": {"mnist": 10, "cifar": 4, "resnet": 2, "lm": 3, "tlm": 3},
+    "retrain_epochs": {"mnist": 1, "cifar": 1, "resnet": 1, "lm": 1, "tlm": 1},
+    "lr": {"mnist": 0.002, "cifar": 0.001, "resnet": 0.002, "lm": 0.003, "tlm": 0.001}}
 
 
 @dataclass(frozen=True)
@@ -395,6 +403,9 @@ class RealTaskStudy:
     cifar_sizes: tuple[str, ...] = ("tiny", "small")
     resnet_depths: tuple[int, ...] = (20,)
     lm_units: tuple[int, ...] = (16, 32)
+    #: beyond the paper: word-level transformer LMs (two blocks of this width), beside the
+    #: LSTM LMs on the same PTB data
+    tlm_units: tuple[int, ...] = ()
     bits: tuple[int, ...] = (8, 6, 5, 4, 3, 2)
     epochs: dict[str, float] = field(default_factory=lambda: dict(DEFAULTS["epochs"]))
     retrain_epochs: dict[str, float] = field(
@@ -436,6 +447,11 @@ class RealTaskStudy:
                 raise validate.ConfigError(f"resnet_depths must be 6n+2 (20, 32, ...), got {d}")
         for u in self.lm_units:
             validate.integer("lm_units", u, lo=1, hi=8192)
+        for u in self.tlm_units:
+            validate.integer("tlm_units", u, lo=2, hi=8192)
+            if u % max(1, u // 16):
+                raise validate.ConfigError(f"tlm_units must be divisible by its heads "
+                                           f"(units // 16); got {u}")
         for b in validate.non_empty("bits", self.bits):
             check_bits(b)
         if list(self.bits) != sorted(self.bits, reverse=True):
@@ -476,7 +492,8 @@ class RealTaskStudy:
         return ([("mnist", w) for w in self.mnist_widths] +
                 [("cifar", s) for s in self.cifar_sizes] +
                 [("resnet", d) for d in self.resnet_depths] +
-                [("lm", u) for u in self.lm_units])
+                [("lm", u) for u in self.lm_units] +
+                [("tlm", u) for u in self.tlm_units])
 
     def seed_list(self) -> list[int]:
         """The seeds of every net: ``seed``, ``seed + 1``, ..."""
@@ -485,8 +502,8 @@ class RealTaskStudy:
     def batch(self, task: str) -> int:
         """Images per step, or token columns for the LMs."""
         if isinstance(self.batch_size, dict):
-            return self.batch_size.get(task, LM_COLUMNS if task == "lm" else 128)
-        return LM_COLUMNS if task == "lm" else self.batch_size
+            return self.batch_size.get(task, LM_COLUMNS if task in LM_TASKS else 128)
+        return LM_COLUMNS if task in LM_TASKS else self.batch_size
 
     def settings(self, task: str, seed: int | None = None) -> dict[str, Any]:
         """What one net of ``task`` depends on: its data, training and quantization settings
@@ -508,7 +525,7 @@ def task_data(task: str, settings: dict[str, Any], root: Path | None = None) -> 
     validate.choice("task", task, TASKS)
     online = settings.get("online", False)
     val = settings.get("val_fraction", 0.0)
-    if task == "lm":
+    if task in LM_TASKS:
         return lm_data(root, online, settings.get("batch_size", LM_COLUMNS),
                        max_train=settings.get("max_train"), max_test=settings.get("max_test"),
                        val_fraction=val)
@@ -548,7 +565,7 @@ def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData,
     ep, lr, re = s["epochs"], s["lr"], s["retrain_epochs"]
 
     def put(d: Any) -> Any:
-        return d.to(device) if task == "lm" else (_layout(task, d[0].to(device)),
+        return d.to(device) if task in LM_TASKS else (_layout(task, d[0].to(device)),
                                                    d[1].to(device))
 
     train_set = put(data.train)
@@ -559,7 +576,7 @@ def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData,
     g = torch.Generator().manual_seed(seed)
 
     def train(m: nn.Module, epochs: float, rate: float, cfg: QuantConfig | None) -> None:
-        if task == "lm":  # retraining starts at a random segment
+        if task in LM_TASKS:  # retraining starts at a random segment
             first = 0 if cfg is None else int(torch.randint(train_set.shape[0], (1,),
                                                             generator=g)) // BPTT
             train_lm(m, train_set, epochs, rate, config=cfg, decay=cfg is None, first=first)
@@ -577,7 +594,7 @@ def train_task_net(study: RealTaskStudy, task: str, size: Any, data: TaskData,
         return -r["perplexity"] if metric == "perplexity" else r["accuracy"]
 
     t0 = time.perf_counter()
-    if task == "lm":
+    if task in LM_TASKS:
         start_as_unigram(model, data.train, data.vocab)
     train(model, ep, lr, None)
     base = {"task": task, "model": model_name(task, size), "size": size, "seed": seed,
@@ -633,7 +650,7 @@ def measure_real_tasks(study: RealTaskStudy, device: str = "auto",
     bar = progress_bar(total=len(units), desc="real-task nets", disable=not progress)
     for task, size, seed in units:
         settings = study.settings(task, seed)
-        which = ("lm" if task == "lm" else "mnist" if task == "mnist" else "cifar",
+        which = ("lm" if task in LM_TASKS else "mnist" if task == "mnist" else "cifar",
                  settings["max_train"], settings["max_test"])
         if which not in datasets:
             datasets[which] = task_data(task, settings, root)
@@ -721,7 +738,7 @@ def robustness(rows: pd.DataFrame, metric: str = "accuracy", tolerance: float = 
 
 #: how the page names each task's nets (on the real data; see ``stand_in_name``)
 FAMILY = {"mnist": "MNIST FCDNNs", "cifar": "CIFAR-10 CNNs", "resnet": "CIFAR-style ResNets",
-          "lm": "PTB word-level LMs"}
+          "lm": "PTB word-level LMs", "tlm": "PTB word-level transformer LMs"}
 #: ... and on what stands in when CIFAR-10 is missing
 STAND_IN_FAMILY = {"cifar": "CIFAR-10 CNNs on a stand-in (MNIST padded to 32x32x3)",
                    "resnet": "CIFAR-style ResNets on a stand-in (MNIST padded to 32x32x3)"}
@@ -746,7 +763,7 @@ def stand_in_name(task: str, data: str) -> str:
 
 
 def _metric(task: str) -> str:
-    return "perplexity" if task == "lm" else "accuracy"
+    return "perplexity" if task in LM_TASKS else "accuracy"
 
 
 def _epochs(n: Any) -> str:
@@ -803,9 +820,9 @@ def quality(rows: pd.DataFrame) -> pd.DataFrame:
                     "trained on": f"{int(r.get('train_items', 0)):,} {r.get('unit', '')}",
                     "epochs": r.get("epochs"), "metric": m,
                     "float train": split.get("train"), "float test": split.get("test"),
-                    "unigram perplexity": base if task == "lm" else None,
+                    "unigram perplexity": base if task in LM_TASKS else None,
                     "test / unigram": (split.get("test") / base
-                                       if task == "lm" and base and base == base else None)})
+                                       if task in LM_TASKS and base and base == base else None)})
     return pd.DataFrame(out)
 
 
@@ -840,7 +857,7 @@ def reading_notes(rows: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
     notes = []
     parts = []
     for task, g in q.groupby("task", sort=False):
-        if task == "lm":
+        if task in LM_TASKS:
             parts.append(f"the {name(task)} reach test perplexity "
                          f"{_span(g['float test'], '.0f')} against "
                          f"{_span(g['unigram perplexity'], '.0f')} for a unigram model of "
@@ -851,10 +868,10 @@ def reading_notes(rows: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
     notes.append("How good the float nets are: " + "; ".join(parts) + ".")
     gaps = []
     for task, g in q.groupby("task", sort=False):
-        gap = (g["float test"] - g["float train"]) if task == "lm" else \
+        gap = (g["float test"] - g["float train"]) if task in LM_TASKS else \
             (g["float train"] - g["float test"])
-        unit = "perplexity" if task == "lm" else "accuracy"
-        gaps.append(f"{name(task)} {_span(list(gap), '+.3f' if task != 'lm' else '+.0f')} "
+        unit = "perplexity" if task in LM_TASKS else "accuracy"
+        gaps.append(f"{name(task)} {_span(list(gap), '+.0f' if task in LM_TASKS else '+.3f')} "
                     f"{unit}")
     notes.append("How much they memorized, as training minus test performance in float "
                  "(test minus training perplexity for the LMs): " + "; ".join(gaps) + ". "
@@ -942,7 +959,7 @@ def measure_surfaces(profile: str, nets: Sequence[tuple[str, Any]], widths: Sequ
                     net = net.to(memory_format=torch.channels_last)
                 evs = {}
                 for split, d in (("train", data.train), ("test", data.test)):
-                    if r.task == "lm":
+                    if r.task in LM_TASKS:
                         evs[split] = lm_evaluator(d[:max(2, samples // d.shape[1])].to(dev))
                     else:
                         evs[split] = classification_evaluator(

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from capq_lib.core import validate
+from capq_lib.nets.transformer import Transformer, TransformerSpec
+from capq_lib.nets.transformer import forward as transformer_forward
 
 #: CIFAR CNNs of Eq. (4): channels of the three conv blocks (two 3x3 convs each, then a 2x2
 #: max pool) and the width of the two FC layers before the 10-way output
@@ -66,6 +68,28 @@ class WordLM(nn.Module):
     def forward(self, x: torch.Tensor, state=None):  # x: (T, B) token ids
         h, state = self.lstm(self.embedding(x), state)
         return self.output(h), state
+
+
+class WordTransformerLM(Transformer):
+    """Two causal pre-LayerNorm transformer blocks of width ``units`` over windows of
+    running text (the LSTM LMs' BPTT windows), predicting every next word; no state is
+    carried between windows (the ``state`` of the LSTM LMs' interface is empty)."""
+
+    def __init__(self, vocab: int, units: int, window: int = 35, layers: int = 2) -> None:
+        validate.integer("vocab", vocab, lo=2)
+        validate.integer("units", units, lo=2, hi=8192)
+        super().__init__(TransformerSpec(layers, units, heads=max(1, units // 16),
+                                         steps=window, vocab=vocab))
+        with torch.no_grad():  # GPT-2's scale, as the memorization transformers
+            for p in self.parameters():
+                if p.dim() >= 2:
+                    nn.init.normal_(p, std=0.02)
+
+    def forward(self, x: torch.Tensor, state=None):  # x: (T, B) token ids
+        params = {n: p.unsqueeze(0) for n, p in self.named_parameters()}
+        logits = transformer_forward(self.spec, lambda name: params[name],
+                                     x.t().unsqueeze(0), start=False)[0]
+        return logits.transpose(0, 1), ()
 
 
 class BasicBlock(nn.Module):

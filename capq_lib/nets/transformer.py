@@ -120,17 +120,22 @@ def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return F.layer_norm(x, x.shape[-1:]) * w.view(view) + b.view(view)
 
 
-def forward(spec: TransformerSpec, p, x: torch.Tensor) -> torch.Tensor:
+def forward(spec: TransformerSpec, p, x: torch.Tensor, start: bool = True) -> torch.Tensor:
     """K members at once. ``p(name)`` gives a parameter stacked over members (K, ...);
     ``x`` is (K, B, steps, n_in) for the classifier, (K, B, steps) token ids for the LM.
-    Returns (K, B, classes) logits at the last position, or (K, B, steps, vocab)."""
+    Returns (K, B, classes) logits at the last position, or (K, B, steps, vocab): with
+    ``start`` the LM predicts token t from a start token and the tokens before t (every
+    token of x is predicted); without, position t predicts the token after x[t] (a window
+    of running text)."""
     k, b = x.shape[0], x.shape[1]
     d, h = spec.width, spec.heads
     if spec.lm:
         # every member its own table: index with the member's row offset
         table = p("embed.weight")  # (K, V + 1, D)
-        start = torch.full((k, b, 1), spec.vocab, dtype=x.dtype, device=x.device)
-        ids = torch.cat([start, x[:, :, :-1]], dim=2)  # predict token t from tokens < t
+        ids = x
+        if start:  # predict token t from a start token and the tokens before t
+            first = torch.full((k, b, 1), spec.vocab, dtype=x.dtype, device=x.device)
+            ids = torch.cat([first, x[:, :, :-1]], dim=2)
         offset = (torch.arange(k, device=x.device) * table.shape[1]).view(k, 1, 1)
         z = table.reshape(-1, d)[ids + offset]
     else:
