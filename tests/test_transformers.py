@@ -91,6 +91,33 @@ def test_bad_lm_settings_name_the_parameter():
         LMCapacityStudy(entropy_fractions=[1.0, 0.5])
     with pytest.raises(ConfigError, match="width must be a multiple of heads"):
         LMCapacityStudy(models=["1x9"], bf16_models=[])
+    with pytest.raises(ConfigError, match="shapes must be \\[vocab, seq_len\\] pairs"):
+        LMCapacityStudy(shapes=[[64]])
+    with pytest.raises(ConfigError, match="shapes vocab must be an integer"):
+        LMCapacityStudy(shapes=[[1, 16]])
+    with pytest.raises(ConfigError, match="shapes must differ"):
+        LMCapacityStudy(vocab=64, seq_len=16, shapes=[[64, 16]])
+
+
+def test_further_data_shapes_label_their_own_nets_and_data():
+    """Several vocabularies and lengths: each (V, S) gets nets of its own, labelled, with
+    its own N grid (N S log2 V is the same share of 3.6 bits x P) and its own cache key;
+    the first data's labels, keys and N are those of a study without shapes."""
+    plain = LMCapacityStudy(models=["1x8"], bf16_models=[], vocab=64, seq_len=16)
+    more = LMCapacityStudy(models=["1x8"], bf16_models=[], vocab=64, seq_len=16,
+                           shapes=[[256, 8]])
+    assert more.labels() == ["1x8", "1x8 V256 S8"]
+    assert more.trainings() == [("1x8", "float32"), ("1x8 V256 S8", "float32")]
+    spec = more.spec("1x8 V256 S8")
+    assert (spec.vocab, spec.steps, spec.width) == (256, 8, 8)
+    assert more.sequence_bits("1x8 V256 S8") == 8 * 8
+    assert more.n_grid("1x8") == plain.n_grid("1x8")
+    assert lm_capacity._config(more, "1x8", "float32") == \
+        lm_capacity._config(plain, "1x8", "float32")
+    other = lm_capacity._config(more, "1x8 V256 S8", "float32")["study"]
+    assert (other["vocab"], other["seq_len"]) == (256, 8)
+    with pytest.raises(ConfigError, match="an LM label is"):
+        more.spec("1x8 256 8")
 
 
 @pytest.mark.slow
@@ -107,6 +134,9 @@ def test_the_chapters_export_has_both_measures_and_the_quantization(smoke_book):
     assert {"memorized_bits", "ceiling_bits", "precision", "entropy_bits", "vocab",
             "seq_len"} <= set(lms[0])
     assert {r["precision"] for r in lms} == {"float32", "bfloat16"}
+    # the smoke profile's further data (V = 16, S = 8): nets of their own, labelled
+    other = [r for r in lms if r["model"].endswith(" V16 S8")]
+    assert other and all((r["vocab"], r["seq_len"]) == (16, 8) for r in other)
     quant = [r for r in rows if r["record"] == "quantization"]
     for measure in ("lm", "classifier"):
         mine = [r for r in quant if r["measure"] == measure]

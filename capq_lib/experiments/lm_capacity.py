@@ -74,6 +74,9 @@ class LMCapacityStudy:
     bf16_models: tuple[str, ...] = ("1x16",)
     bits: tuple[int, ...] = (8, 6, 5, 4, 3, 2)
     retrain_steps: int = 100
+    #: further data, (V, S) pairs on which every model is trained too (Morris et al. vary
+    #: both); their nets are labelled "1x16 V2048 S32", the first data's plain "1x16"
+    shapes: tuple[tuple[int, int], ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +84,19 @@ class LMCapacityStudy:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        shapes = []
+        for shape in self.shapes:
+            if not (isinstance(shape, (list, tuple)) and len(shape) == 2):
+                raise validate.ConfigError(f"shapes must be [vocab, seq_len] pairs; got "
+                                           f"{shape!r}")
+            validate.integer("shapes vocab", shape[0], lo=2, hi=1 << 16)
+            validate.integer("shapes seq_len", shape[1], lo=2, hi=4096)
+            shapes.append((int(shape[0]), int(shape[1])))
+        if len(set(shapes) | {(self.vocab, self.seq_len)}) != len(shapes) + 1:
+            raise validate.ConfigError(f"shapes must differ from each other and from "
+                                       f"(vocab, seq_len) = ({self.vocab}, {self.seq_len}); "
+                                       f"got {[list(x) for x in shapes]}")
+        object.__setattr__(self, "shapes", tuple(shapes))
         for m in validate.non_empty("models", self.models):
             parse_transformer(m)
         for m in self.bf16_models:
@@ -108,24 +124,42 @@ class LMCapacityStudy:
         for m in self.models:
             self.spec(m)  # width a multiple of heads
 
-    def spec(self, model: str) -> TransformerSpec:
-        layers, width = parse_transformer(model)
-        return TransformerSpec(layers, width, self.heads, steps=self.seq_len, vocab=self.vocab)
+    def labels(self) -> list[str]:
+        """Every model on the first data ("1x16"), then on each of ``shapes``
+        ("1x16 V2048 S32")."""
+        return list(self.models) + [f"{m} V{v} S{s}" for v, s in self.shapes
+                                    for m in self.models]
 
-    def sequence_bits(self) -> float:
+    def shape(self, label: str) -> tuple[int, int]:
+        """(V, S) of a label's data."""
+        parts = label.split()
+        if len(parts) == 1:
+            return self.vocab, self.seq_len
+        if len(parts) != 3 or parts[1][:1] != "V" or parts[2][:1] != "S":
+            raise validate.ConfigError(f"an LM label is 'LxW' or 'LxW V<vocab> S<length>'; "
+                                       f"got {label!r}")
+        return int(parts[1][1:]), int(parts[2][1:])
+
+    def spec(self, label: str) -> TransformerSpec:
+        layers, width = parse_transformer(label.split()[0])
+        vocab, seq_len = self.shape(label)
+        return TransformerSpec(layers, width, self.heads, steps=seq_len, vocab=vocab)
+
+    def sequence_bits(self, label: str | None = None) -> float:
         """S log2 V: the bits of one sequence, the cap of what a net can memorize of it."""
-        return self.seq_len * math.log2(self.vocab)
+        vocab, seq_len = self.shape(label) if label else (self.vocab, self.seq_len)
+        return seq_len * math.log2(vocab)
 
-    def n_grid(self, model: str) -> list[int]:
+    def n_grid(self, label: str) -> list[int]:
         """N for each entropy fraction: N S log2 V = fraction x 3.6 x P, at least 2."""
-        p = self.spec(model).n_params
-        return sorted({max(2, round(f * MORRIS_BPP * p / self.sequence_bits()))
+        p = self.spec(label).n_params
+        return sorted({max(2, round(f * MORRIS_BPP * p / self.sequence_bits(label)))
                        for f in self.entropy_fractions})
 
     def trainings(self) -> list[tuple[str, str]]:
-        """(model, precision) pairs to train: every model in float32, ``bf16_models`` in
-        bfloat16 too."""
-        out = [(m, "float32") for m in self.models if "float32" in self.precisions]
+        """(label, precision) pairs to train: every model on every data in float32,
+        ``bf16_models`` on the first data in bfloat16 too."""
+        out = [(m, "float32") for m in self.labels() if "float32" in self.precisions]
         return out + [(m, "bfloat16") for m in self.bf16_models]
 
 
@@ -275,7 +309,9 @@ def _members(study: LMCapacityStudy, model: str) -> list[Member]:
 def _config(study: LMCapacityStudy, model: str, precision: str) -> dict[str, Any]:
     keep = {k: v for k, v in asdict(study).items()
             if k not in ("profile", "models", "bf16_models", "precisions", "bits",
-                         "retrain_steps")}
+                         "retrain_steps", "shapes")}
+    if model != model.split()[0]:  # a further data's nets: its V and S, not the first's
+        keep["vocab"], keep["seq_len"] = study.shape(model)
     return {"study": keep, "model": model, "precision": precision}
 
 
@@ -306,7 +342,7 @@ def measure_lm_capacity(study: LMCapacityStudy, device: str = "auto",
                     "width": spec.width, "precision": precision, "vocab": spec.vocab,
                     "seq_len": spec.steps, "n_sequences": m.n_sequences,
                     "seed": m.data_seed, "init_seed": m.init_seed,
-                    "entropy_bits": m.n_sequences * study.sequence_bits(),
+                    "entropy_bits": m.n_sequences * study.sequence_bits(model),
                     "ceiling_bits": float(ceiling_bits(seqs, spec.vocab).sum()),
                     "memorized_bits": float(t.final[k]),
                     "memorized_bits_half": float(t.half[k]), "steps": study.steps,

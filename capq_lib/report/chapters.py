@@ -120,7 +120,7 @@ def _transformer(ns: Namespace) -> list[Any]:
     _lengths(ns)
     lm = LMCapacityStudy(
         profile=ns["profile"], models=ns["lm_models"], heads=ns["lm_heads"],
-        vocab=ns["lm_vocab"], seq_len=ns["lm_seq_len"],
+        vocab=ns["lm_vocab"], seq_len=ns["lm_seq_len"], shapes=ns["lm_shapes"],
         entropy_fractions=ns["lm_entropy_fractions"], seeds=ns["lm_seeds"],
         steps=ns["lm_steps"], batch=ns["lm_batch"], lr=ns["lm_lr"],
         bf16_models=ns["lm_bf16_models"], bits=ns["bits"],

@@ -450,6 +450,18 @@ def transformer_table(summary: pd.DataFrame):
         f"{_replicates(summary)} ({SPREAD}).")
 
 
+def _lm_data(lm: pd.DataFrame) -> str:
+    """The data the LMs memorized: V and S, or, when they differ, where to read them."""
+    if lm.empty:
+        return "no LMs"
+    first = lm[~lm.model.str.contains(" ")]
+    first = first if len(first) else lm
+    text = f"V = {int(first.vocab.iloc[0])}, S = {int(first.seq_len.iloc[0])}"
+    if len(lm.groupby(["vocab", "seq_len"])) > 1:
+        text += "; a label 'V... S...' names other data"
+    return text
+
+
 def lm_table(lm: pd.DataFrame):
     """The LMs' capacities per precision: the peak's N, memorized bits against the data's
     ceiling there, bits per parameter, and whether it is a maximum (and if not, why)."""
@@ -472,6 +484,5 @@ def lm_table(lm: pd.DataFrame):
         "status": status})
     morris = reference.value("transformers.lm_bits_per_param")
     return t.style.hide(axis="index").set_caption(
-        f"Language models (V = {int(lm.vocab.iloc[0]) if len(lm) else '?'}, S = "
-        f"{int(lm.seq_len.iloc[0]) if len(lm) else '?'}), mean of {_replicates(lm)} "
+        f"Language models ({_lm_data(lm)}), mean of {_replicates(lm)} "
         f"({SPREAD}). Morris et al. 2025: {morris} bits per parameter.")
