@@ -142,3 +142,28 @@ def test_the_chapters_export_has_both_measures_and_the_quantization(smoke_book):
         mine = [r for r in quant if r["measure"] == measure]
         assert {r["route"] for r in mine} >= {"direct", "progressive"}
         assert {r["bits"] for r in mine if r["bits"] is not None} == {8, 4, 2}
+
+
+def test_the_families_bits_table_shows_the_number_the_claims_judge():
+    """Per family the model that needed the most bits, with the same estimate as the
+    quantization claim; a family with no records reads 'not measured'."""
+    from capq_lib.report import claims, scorecard
+
+    def rows(family, model, bits, definition="N_at_max x 1", **extra):
+        return [{"family": family, "model": model, "definition": definition,
+                 "fewest_lossless_bits": b, "widest": 12, "seed": s, **extra}
+                for s, b in enumerate(bits)]
+
+    lossless = pd.DataFrame(rows("fc", "1x16", [6, 6, 7, 6]) + rows("fc", "1x32", [7, 8, 7, 7])
+                            + rows("rnn", "LSTM-8", [9, 8, 8, 8]))
+    fewest = pd.DataFrame(rows("tf", "T1x8", [6, 7, 6], way="float tables",
+                               route="progressive")
+                          + rows("tf", "T1x8", [2, 2, 2], way="float tables", route="direct"))
+    t = scorecard.transformer_bits_table(fewest, lossless).set_index("family")
+    assert t.loc["FCDNN", "model"] == "1x32 (the most of 1x16, 1x32)"
+    fc = lossless[lossless.family == "fc"]
+    assert t.loc["FCDNN", "fewest lossless bits"] == claims.worst_model(fc)[1].cell(".2f")
+    assert t.loc["FCDNN", "fewest lossless bits"].startswith("7.25")
+    assert t.loc["CNN", "fewest lossless bits"] == "not measured"
+    assert t.loc["Transformer classifier", "model"] == "T1x8"
+    assert t.loc["Transformer classifier", "fewest lossless bits"].startswith("6.33")

@@ -992,22 +992,30 @@ def _lm_retained(ev: Evidence, bits: int, route: str, way: str = "float tables"
     return model, Estimate.of(kept)
 
 
+def _lm_lost(ev: Evidence, bits: int) -> tuple[str, Estimate, Estimate] | None:
+    """The largest LM's retained fraction after post-training quantization at ``bits``,
+    and the fraction it lost (same spread), or None when not measured."""
+    got = _lm_retained(ev, bits, "direct")
+    if got is None:
+        return None
+    model, e = got
+    return model, e, Estimate(1 - e.mean, e.se, e.n)
+
+
 def _tf_int8(ev: Evidence) -> list[Finding]:
-    got = _lm_retained(ev, 8, "direct")
+    got = _lm_lost(ev, 8)
     if got is None:
         return []
-    model, e = got
-    lost = Estimate(1 - e.mean, e.se, e.n)
+    model, e, lost = got
     return [Finding(f"{model} at 8 bits, post-training, keeps {e.text('.3f')} of its float "
                     f"memorized bits", v.at_most(lost, REAL_TOLERANCE))]
 
 
 def _tf_int4(ev: Evidence) -> list[Finding]:
-    got = _lm_retained(ev, 4, "direct")
+    got = _lm_lost(ev, 4)
     if got is None:
         return []
-    model, e = got
-    lost = Estimate(1 - e.mean, e.se, e.n)
+    model, e, lost = got
     half = Estimate(reference.value("transformers.int4_loses_half"), 0.0, e.n)
     return [Finding(f"{model} at 4 bits, post-training, keeps {e.text('.3f')} of its float "
                     f"memorized bits (loses {lost.cell('.3f')})", v.greater(lost, half))]
