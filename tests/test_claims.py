@@ -426,12 +426,14 @@ def lm_quant_rows(kept8=0.999, kept4_direct=0.3, kept4_prog=0.9, spread=0.005):
     rows = []
     for seed in range(3):
         j = spread * (seed - 1)
-        rows.append({"model": "1x16", "params": 5696, "point": "full", "seed": seed,
-                     "bits": None, "way": "float", "route": "float", "memorized_bits": 1000.0})
+        rows.append({"model": "1x16", "params": 5696, "point": "full", "n_sequences": 300,
+                     "seed": seed, "bits": None, "way": "float", "route": "float",
+                     "memorized_bits": 1000.0})
         for bits, route, kept in ((8, "direct", kept8), (4, "direct", kept4_direct),
                                   (4, "progressive", kept4_prog)):
-            rows.append({"model": "1x16", "params": 5696, "point": "full", "seed": seed,
-                         "bits": bits, "way": "float tables", "route": route,
+            rows.append({"model": "1x16", "params": 5696, "point": "full",
+                         "n_sequences": 300, "seed": seed, "bits": bits,
+                         "way": "float tables", "route": route,
                          "memorized_bits": 1000.0 * min(1.0, kept + j)})
     return pd.DataFrame(rows)
 

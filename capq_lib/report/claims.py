@@ -989,7 +989,9 @@ def _lm_retained(ev: Evidence, bits: int, route: str, way: str = "float tables"
     if at.empty:
         return None
     kept = (at.memorized_bits / fl.reindex(at.index)).dropna()
-    return model, Estimate.of(kept)
+    # name the point, so a reader recomputing from the export picks the same rows
+    where = f"{model} at full capacity (N = {int(g.n_sequences.iloc[0]):,}, {way})"
+    return where, Estimate.of(kept)
 
 
 def _lm_lost(ev: Evidence, bits: int) -> tuple[str, Estimate, Estimate] | None:
