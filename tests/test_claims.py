@@ -457,6 +457,15 @@ def test_transformer_lm_claims_go_every_way():
                                                  spread=0.05))
     assert verdict(noisy, "tf.int4").startswith("inconclusive")
     assert verdict(noisy, "tf.retrain").startswith("inconclusive")
+    near = Evidence("t", lm_quant=lm_quant_rows(kept8=0.99, spread=0.02))
+    assert verdict(near, "tf.int8").startswith("inconclusive")
+
+
+def test_bf16_against_fp32_cannot_decide_on_lower_bounds_or_noise():
+    assert verdict(Evidence("t", lm=lm_summary_rows(converged=False)),
+                   "tf.bf16").startswith("inconclusive")
+    assert verdict(Evidence("t", lm=lm_summary_rows(sd=0.3)), "tf.bf16").startswith(
+        "inconclusive")
 
 
 def tf_rows(bpp_small=1.0, bpp_big=1.0, sd=0.02):
@@ -471,6 +480,8 @@ def test_transformer_classifier_claims_go_every_way():
         "inconclusive")
     assert verdict(Evidence("t", tf=tf_rows(3.7, 3.7), rnn=rnn()), "tf.vs_lstm") == "agrees"
     assert verdict(Evidence("t", tf=tf_rows(1.0, 1.0), rnn=rnn()), "tf.vs_lstm") == "differs"
+    assert verdict(Evidence("t", tf=tf_rows(3.7, 3.7, sd=1.0), rnn=rnn()),
+                   "tf.vs_lstm").startswith("inconclusive")
     order = claims.by_key("families.order").rows(Evidence("t", fc=fc(), rnn=rnn(),
                                                           tf=tf_rows()))[0]
     assert "transformer classifier" in order["we measured"]
